@@ -1,0 +1,57 @@
+"""Training checkpoints: safetensors weights, optimizer state loaded with weights_only, JSON state.
+
+Each checkpoint is a `step_NNNNNNN/` folder written under a temporary name and renamed into place,
+with state.json written last: a folder without it is incomplete and ignored. Only the newest is kept.
+A checkpoint remembers the hash of the params it was made with; other params start fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE = "state.json"
+
+
+def save(root: Path, step: int, model, optimizer, state: dict) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = root / f".tmp_step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+              tmp / "model.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optim.pt")
+    (tmp / STATE).write_text(json.dumps({"step": step, **state}))
+    with open(tmp / STATE) as f:  # make the contents durable before the rename publishes them
+        os.fsync(f.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in root.glob("step_*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest(root: Path, key: str) -> Path | None:
+    """The newest complete checkpoint made with the same params key, else None."""
+    for path in sorted(root.glob("step_*"), reverse=True):
+        try:
+            state = json.loads((path / STATE).read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("key") == key:
+            return path
+    return None
+
+
+def load(path: Path, model, optimizer, device) -> dict:
+    model.load_state_dict(load_file(path / "model.safetensors", device=str(device)))
+    # weights_only: the optimizer state is tensors and numbers; nothing else may be unpickled.
+    optimizer.load_state_dict(torch.load(path / "optim.pt", map_location=device, weights_only=True))
+    return json.loads((path / STATE).read_text())

@@ -1,0 +1,186 @@
+"""The `gptpipe` command: thin conveniences over params.yaml and `dvc repro`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from gptpipe.errors import UserError, user_errors
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="gptpipe", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="set params (validated, written to params.yaml), then `dvc repro` a stage")
+    run.add_argument("stage", nargs="?", help="stage to bring up to date with its ancestors (default: all)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. pretrain.lr=1e-3")
+    run.add_argument("--single", action="store_true", help="only this stage (`dvc repro -s`)")
+    run.add_argument("--force", action="store_true", help="rerun even if up to date")
+
+    show = sub.add_parser("params", help="validate params.yaml and print it resolved (derived sizes included)")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    prof = sub.add_parser("profile", help="apply a profile overlay from profiles/ onto params.yaml")
+    prof.add_argument("action", choices=["use", "list"])
+    prof.add_argument("name", nargs="?")
+
+    pl = sub.add_parser("plan", help="size a run: params, tokens, FLOPs, hours and cost for a depth on N GPUs")
+    pl.add_argument("--depth", type=int, default=20)
+    pl.add_argument("--gpus", type=int, default=8)
+    pl.add_argument("--gpu", default="h100", help="h100, h200, a100, l40s, 4090")
+    pl.add_argument("--mfu", type=float, default=0.4, help="expected model FLOPs utilisation, 0-1 (measure: bench/gpu.sh)")
+    pl.add_argument("--price", type=float, help="$ per GPU-hour (default: a rough on-demand price for --gpu)")
+
+    fl = sub.add_parser("flow", help="run the Prefect speedrun flow here: one task per DVC stage, DVC decides what runs")
+    fl.add_argument("action", choices=["run"])
+    fl.add_argument("--workspace", default=".", help="the gptpipe checkout to run in (default: the current folder)")
+    fl.add_argument("--profile", help="apply profiles/PROFILE.yaml to params.yaml first")
+    fl.add_argument("--stage", action="append", dest="stages", metavar="STAGE", help="only this stage (repeatable)")
+    fl.add_argument("--force", nargs="*", metavar="STAGE",
+                    help="rerun even if up to date: these stages, or every selected one when none is named")
+    fl.add_argument("--dry-run", action="store_true", help="say which stages would run, change nothing")
+    fl.add_argument("--no-wait", action="store_true", help="fail at once if another run holds the workspace")
+
+    dep = sub.add_parser("deploy", help="create or update the deployments in flows/prefect.yaml (`prefect deploy`)")
+    dep.add_argument("--name", action="append", metavar="NAME", help="only this deployment, e.g. nightly (default: all)")
+
+    wk = sub.add_parser("worker", help="start a Prefect process worker on a work pool, running flows from this checkout")
+    wk.add_argument("--pool", required=True, help="e.g. gptpipe-cpu, gptpipe-gpu")
+
+    args = ap.parse_args(argv)
+    with user_errors("gptpipe"):
+        if args.cmd == "run":
+            cmd_run(args)
+        elif args.cmd == "params":
+            cmd_params(args)
+        elif args.cmd == "profile":
+            cmd_profile(args)
+        elif args.cmd == "plan":
+            cmd_plan(args)
+        elif args.cmd == "flow":
+            cmd_flow(args)
+        elif args.cmd == "deploy":
+            cmd_deploy(args)
+        elif args.cmd == "worker":
+            cmd_worker(args)
+
+
+def cmd_run(args) -> None:
+    from gptpipe import profile
+
+    if args.set:
+        profile.set_values(args.set)
+    cmd = ["dvc", "repro", *(["-s"] if args.single else []), *(["-f"] if args.force else []),
+           *([args.stage] if args.stage else [])]
+    print("+", " ".join(cmd), flush=True)
+    sys.exit(subprocess.call(cmd))
+
+
+def cmd_params(args) -> None:
+    from gptpipe.config import load_params
+    from gptpipe.model import count_params, llama_config
+
+    p = load_params(overrides=args.set)
+    out = p.model_dump()
+    m = p.model
+    n = count_params(llama_config(m, p.tokenizer.vocab_size))
+    out["model"] |= {"resolved": {"width": m.d_model, "n_head": m.heads, "n_kv_head": m.kv_heads, "params": n}}
+    print(json.dumps(out, indent=2))
+
+
+def cmd_plan(args) -> None:
+    from gptpipe.plan import GPUS, describe, plan
+
+    if args.gpu not in GPUS:
+        raise UserError(f"--gpu {args.gpu}: unknown GPU; known: {', '.join(GPUS)}")
+    if not 0 < args.mfu <= 1:
+        raise UserError(f"--mfu {args.mfu}: a fraction of peak, in (0, 1], e.g. 0.4")
+    if args.depth < 1 or args.gpus < 1 or (args.price is not None and args.price < 0):
+        raise UserError("--depth and --gpus must be at least 1, --price at least 0")
+    p = plan(args.depth, args.gpus, args.gpu, mfu=args.mfu, price=args.price)
+    print(describe(p, args.depth, args.gpus, args.gpu, args.mfu))
+
+
+def cmd_profile(args) -> None:
+    from gptpipe import profile
+
+    if args.action == "list":
+        for f in sorted(profile.PROFILES.glob("*.yaml")):
+            print(f.stem)
+        return
+    if not args.name:
+        raise UserError("gptpipe profile use NAME: name a profile (see `gptpipe profile list`)")
+    overlay = profile.use(args.name)
+    print(f"params.yaml: applied {overlay}; `git diff params.yaml` shows what changed, `dvc repro` runs it")
+
+
+
+# ---------------------------------------------------------------- Prefect (flows/): imported only by these commands
+def checkout() -> Path:
+    """The checkout this gptpipe runs from. flows/ sits beside the package there; it is not installed with it."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "flows" / "speedrun.py").is_file():
+        raise UserError(f"{root}/flows/speedrun.py not found: the flow commands need a gptpipe checkout, "
+                        "not only the installed package")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return root
+
+
+def prefect_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # stages need this venv
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline by default, like the rest of gptpipe
+    # Without PREFECT_API_URL a flow run starts a temporary server: ~16 s on 2 cores, close to the 20 s limit.
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    return env
+
+
+def cmd_flow(args) -> None:
+    checkout()
+    from flows import repro
+
+    ws = repro.workspace_path(args.workspace)
+    force = True if args.force == [] else (args.force or False)
+    repro.select(repro.read_graph(ws), args.stages, force)  # bad names fail here, before Prefect starts
+    if args.profile:
+        repro.check_profile(ws, args.profile)
+    os.environ.update(prefect_env())  # before Prefect is imported: it reads its settings once
+    from flows.speedrun import speedrun
+
+    try:
+        result = speedrun(workspace=str(ws), profile=args.profile, stages=args.stages, force=force,
+                          dry_run=args.dry_run, wait=not args.no_wait)
+    except repro.StageFailed as e:
+        print(f"error [flow]: {e}", file=sys.stderr)
+        sys.exit(1)
+    for stage, outcome in result.items():
+        print(f"{stage:<12} {outcome}")
+
+
+def cmd_deploy(args) -> None:
+    root = checkout()
+    env = prefect_env()
+    env.setdefault("GPTPIPE_HOME", str(root))  # flows/prefect.yaml: the checkout the workers run from
+    names = [x for n in args.name or [] for x in ("--name", n)] or ["--all"]
+    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", "flows/prefect.yaml", *names]
+    print("+", " ".join(["prefect", *cmd[3:]]), flush=True)
+    sys.exit(subprocess.call(cmd, cwd=root, env=env))
+
+
+def cmd_worker(args) -> None:
+    root = checkout()
+    # Flow runs start in a throwaway folder; the deployments' pull step moves them to $GPTPIPE_HOME (this checkout).
+    env = prefect_env() | {"GPTPIPE_HOME": str(root)}
+    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "worker", "start", "--pool", args.pool, "--type", "process"]
+    print("+", " ".join(["prefect", *cmd[3:]]), f"(GPTPIPE_HOME={root})", flush=True)
+    os.execve(sys.executable, cmd, env)  # the worker takes this process: signals reach it directly
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""params.yaml as typed, validated objects: one model per section, checked once at load.
+
+Defaults live in params.yaml, not here: every field is required unless it is a derived
+quantity whose `null` means "follow the rule" (e.g. model.width from model.depth).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gptpipe.errors import UserError
+
+PARAMS = "params.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- data
+class HFSource(Section):
+    path: str                       # dataset name on the hub, or a builder ("parquet", "json") with data_files
+    name: str | None
+    split: str
+    text_field: str
+    data_files: str | list[str] | None
+    streaming: bool
+    max_docs: int | None = Field(gt=0)
+
+
+class Data(Section):
+    source: Literal["stdlib", "hf"]  # stdlib: the Python standard library's own source, offline
+    max_bytes: int = Field(gt=0)     # cap on the corpus size in UTF-8 bytes
+    val_fraction: float = Field(gt=0, lt=0.5)
+    seed: int
+    hf: HFSource
+
+
+# ---------------------------------------------------------------- chat tasks
+class Tasks(Section):
+    """The synthetic chat tasks (gptpipe/tasks.py) behind SFT, preferences, RL and evaluation."""
+    names: list[Literal["compare", "copy", "last_word", "add", "reverse"]] = Field(min_length=1)
+    train_per_task: int = Field(ge=1)
+    heldout_per_task: int = Field(ge=1)
+    heldout_fraction: float = Field(gt=0, lt=1)   # share of each task's question space kept for held-out
+    multi_turn: float = Field(ge=0, le=1)         # share of SFT conversations with a second exchange
+    seed: int
+
+
+# ---------------------------------------------------------------- tokenizer
+class Tokenizer(Section):
+    vocab_size: int = Field(ge=512, le=2**20)   # including the special tokens
+    train_chars: int = Field(gt=0)               # train the BPE on (about) this many characters of text
+    threads: int = Field(ge=1)
+    shard_tokens: int = Field(ge=1024)          # tokens per memory-mapped shard file
+
+
+# ---------------------------------------------------------------- model
+class Model(Section):
+    depth: int = Field(ge=1, le=128)
+    aspect_ratio: int = Field(ge=1)   # width = depth * aspect_ratio (nanochat: 64)
+    head_dim: int = Field(ge=8)
+    kv_group: int = Field(ge=1)       # query heads per key/value head (GQA); 1 = plain MHA
+    max_seq_len: int = Field(ge=8)
+    width: int | None = Field(ge=8)   # explicit overrides of the depth rule
+    n_head: int | None = Field(ge=1)
+    n_kv_head: int | None = Field(ge=1)
+
+    @property
+    def d_model(self) -> int:
+        return self.width or self.depth * self.aspect_ratio
+
+    @property
+    def heads(self) -> int:
+        return self.n_head or max(1, self.d_model // self.head_dim)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or max(1, self.heads // self.kv_group)
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if self.d_model % self.heads:
+            raise ValueError(f"model.n_head ({self.heads}) must divide the width ({self.d_model})")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"model.n_kv_head ({self.kv_heads}) must divide model.n_head ({self.heads})")
+        if (self.d_model // self.heads) % 2:
+            raise ValueError(f"head size width/n_head = {self.d_model // self.heads} must be even for RoPE")
+        return self
+
+
+# ---------------------------------------------------------------- training
+class Train(Section):
+    """Our own loop: pretrain and (later) midtrain share it."""
+    seq_len: int = Field(ge=8)
+    batch_size: int = Field(ge=1)            # sequences per micro-batch per process
+    total_batch_tokens: int = Field(ge=8)    # tokens per optimizer step, all processes; sets grad accumulation
+    tokens: int | None = Field(gt=0)         # token budget; null = token_ratio * params (Chinchilla)
+    token_ratio: float = Field(gt=0)
+    lr: float = Field(gt=0, lt=1)
+    min_lr_frac: float = Field(ge=0, le=1)
+    warmup_steps: int = Field(ge=0)
+    schedule: Literal["cosine", "wsd"]
+    decay_frac: float = Field(gt=0, le=1)    # wsd: fraction of steps spent decaying
+    weight_decay: float = Field(ge=0)
+    beta1: float = Field(ge=0, lt=1)
+    beta2: float = Field(ge=0, lt=1)
+    grad_clip: float = Field(ge=0)           # 0 = off
+    dtype: Literal["auto", "float32", "bfloat16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool
+    nproc: int = Field(ge=1)                 # >1 launches the stage under torchrun (DDP)
+    eval_every: int = Field(ge=1)
+    eval_tokens: int = Field(ge=1)
+    ckpt_every: int = Field(ge=1)
+    log_every: int = Field(ge=1)
+    seed: int
+
+    @model_validator(mode="after")
+    def _batch(self):
+        if self.total_batch_tokens % (self.batch_size * self.seq_len * self.nproc):
+            raise ValueError(
+                f"total_batch_tokens ({self.total_batch_tokens}) must be a multiple of "
+                f"batch_size * seq_len * nproc ({self.batch_size} * {self.seq_len} * {self.nproc})")
+        return self
+
+
+class Midtrain(Train):
+    """Pretrain's loop on a mixture of corpus windows and chat conversations."""
+    chat_fraction: float = Field(ge=0, le=1)  # share of each batch's sequences drawn from the conversations
+
+
+class SFT(Section):
+    """TRL SFTTrainer on the task conversations, loss on assistant tokens only."""
+    lr: float = Field(gt=0, lt=1)
+    epochs: float = Field(gt=0)
+    batch_size: int = Field(ge=1)              # per process
+    grad_accum: int = Field(ge=1)
+    max_length: int = Field(ge=8)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    nproc: int = Field(ge=1)                   # >1: relaunched under torchrun (accelerate picks it up)
+    seed: int
+
+
+class Device(Section):
+    type: Literal["auto", "cpu", "cuda"]
+    threads: int | None = Field(ge=1)        # torch CPU threads; null = torch's default
+    peak_flops: float = Field(gt=0)          # per device, FLOP/s, for MFU (H100 bf16 dense: 989e12)
+
+
+class Evaluate(Section):
+    tokens: int = Field(ge=1)                # validation tokens scored for bits-per-byte
+    batch_size: int = Field(ge=1)
+    prompts: list[str] = Field(min_length=1)
+    max_new_tokens: int = Field(ge=1)
+    temperature: float = Field(ge=0)         # 0 = greedy
+    top_k: int | None = Field(ge=1)
+    top_p: float = Field(gt=0, le=1)
+    seed: int
+
+
+class Report(Section):
+    title: str
+
+
+class Wandb(Section):
+    mode: Literal["offline", "online", "disabled"]  # WANDB_MODE in the environment wins
+    project: str
+
+
+class Flow(Section):
+    """Prefect orchestration (flows/): no stage lists it, so changing it reruns nothing."""
+    retries: int = Field(ge=0)               # per stage task; bad input (a stage exiting 2) is never retried
+    retry_delay_s: float = Field(ge=0)
+    lock_timeout_s: float = Field(ge=0)      # how long a run waits for another run on the same workspace
+
+
+class Params(Section):
+    data: Data
+    tasks: Tasks
+    tokenizer: Tokenizer
+    model: Model
+    pretrain: Train
+    midtrain: Midtrain
+    sft: SFT
+    device: Device
+    evaluate: Evaluate
+    report: Report
+    wandb: Wandb
+    flow: Flow
+
+    @model_validator(mode="after")
+    def _cross(self):
+        for name, seq in [("pretrain.seq_len", self.pretrain.seq_len), ("midtrain.seq_len", self.midtrain.seq_len),
+                          ("sft.max_length", self.sft.max_length)]:
+            if seq > self.model.max_seq_len:
+                raise ValueError(f"{name} ({seq}) is above model.max_seq_len ({self.model.max_seq_len})")
+        return self
+
+    def hash_of(self, *sections: str, extra: str = "") -> str:
+        """A short stable hash of some sections (all when none are named), e.g. to key checkpoints."""
+        dump = self.model_dump(include=set(sections) or None)
+        return hashlib.sha256((json.dumps(dump, sort_keys=True) + extra).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- loading
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_set(assignments: list[str]) -> dict:
+    """`--set pretrain.lr=1e-3` (the same dotted keys as `dvc exp run -S`) as a nested dict."""
+    over: dict = {}
+    for a in assignments:
+        key, eq, raw = a.partition("=")
+        if not eq or not key:
+            raise UserError(f"--set {a!r}: expected KEY=VALUE, e.g. --set pretrain.lr=1e-3")
+        node = over
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return over
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} not found: run from the gptpipe workspace root (where params.yaml is)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def validate(raw: dict, source: str = PARAMS) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(format_errors(e, source)) from None
+
+
+def format_errors(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo? remove it or check the section's keys in params.yaml)"
+        elif err["type"] == "missing":
+            msg = "missing key: add it to params.yaml"
+        elif "input" in err and err["type"] != "value_error":
+            msg += f" (got {err['input']!r})"
+        lines.append(f"{key}: {msg}" if key else msg)
+    head = f"{source}: {len(lines)} invalid param{'s' * (len(lines) > 1)}"
+    return head + "\n  " + "\n  ".join(lines)
+
+
+def load_params(path: str | Path = PARAMS, overrides: list[str] = ()) -> Params:
+    raw = read_yaml(path)
+    if overrides:
+        raw = deep_merge(raw, parse_set(list(overrides)))
+    return validate(raw, str(path))

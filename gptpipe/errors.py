@@ -1,0 +1,29 @@
+"""The one error type users see: a clear message naming the file or key and the fix, no traceback."""
+
+import sys
+from contextlib import contextmanager
+
+
+class UserError(Exception):
+    """Bad input (params, files, data, CLI args). Printed as one message, exit code 2."""
+
+
+@contextmanager
+def user_errors(where: str):
+    """Turn UserError (and Ctrl-C) into a one-line message and a non-zero exit."""
+    try:
+        yield
+    except UserError as e:
+        print(f"error [{where}]: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"interrupted [{where}]: outputs left as they were before this run", file=sys.stderr)
+        sys.exit(130)
+
+
+def require_file(path, made_by: str):
+    """Fail early, naming the missing input and the stage that makes it."""
+    from pathlib import Path
+    if not Path(path).exists():
+        raise UserError(f"{path} not found: it is made by the {made_by} stage; run `dvc repro {made_by}`")
+    return Path(path)

@@ -1,0 +1,88 @@
+"""Artifacts: atomic outputs, stage metrics, plot CSVs and the per-step run log."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+METRICS, PLOTS, LOGS = Path("metrics"), Path("plots"), Path("logs")
+
+
+@contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a fresh temporary sibling of `path`; it replaces `path` only if the block succeeds.
+
+    A killed or failing stage leaves the previous output intact (or none), never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*-*"):  # left by a killed run (DVC allows one writer)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | Path, obj) -> Path:
+    return atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text())
+
+
+def write_metrics(stage: str, metrics: dict) -> Path:
+    """metrics/<stage>.json, read by `dvc metrics show` and by the report."""
+    return write_json(METRICS / f"{stage}.json", metrics)
+
+
+def write_plot(stage: str, rows: list[dict]) -> Path:
+    """plots/<stage>.csv, read by `dvc plots show` and by the report."""
+    path = PLOTS / f"{stage}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+class RunLog:
+    """One JSON line per event to logs/<stage>.jsonl; appended to, so a resumed run keeps its history."""
+
+    def __init__(self, stage: str, fresh: bool = True):
+        LOGS.mkdir(exist_ok=True)
+        self.path = LOGS / f"{stage}.jsonl"
+        self.f = open(self.path, "w" if fresh else "a", buffering=1)
+
+    def __call__(self, **event):
+        self.f.write(json.dumps({"time": round(time.time(), 3), **event}) + "\n")
+
+    def close(self):
+        self.f.close()

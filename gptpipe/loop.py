@@ -1,0 +1,208 @@
+"""Our training loop, shared by pretrain and midtrain.
+
+AdamW (fused on CUDA), warmup + cosine or warmup-stable-decay schedule, gradient accumulation to a
+token batch size, grad clipping, bf16 autocast on CUDA, optional torch.compile, DDP under torchrun,
+periodic validation, resumable checkpoints and a guard that stops on a non-finite loss.
+
+Batches come from `batch_fn(step, micro)`, a pure function of its arguments, so a resumed run sees
+exactly the batches the crashed one would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from gptpipe import ckpt
+from gptpipe.config import Train, Wandb
+from gptpipe.dist import Proc, all_mean, barrier
+from gptpipe.errors import UserError
+from gptpipe.io import RunLog, write_plot
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def lr_at(step: int, steps: int, t: Train) -> float:
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    lo = t.lr * t.min_lr_frac
+    if t.schedule == "cosine":
+        progress = (step - t.warmup_steps) / max(1, steps - t.warmup_steps)
+        return lo + (t.lr - lo) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    decay_start = int(steps * (1 - t.decay_frac))  # wsd: flat, then linear decay to the end
+    if step < decay_start:
+        return t.lr
+    return t.lr + (lo - t.lr) * (step - decay_start + 1) / max(1, steps - decay_start)
+
+
+def make_optimizer(model, t: Train, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; matrices (incl. embeddings) decay, vectors (norm gains) don't."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8,
+                             fused=device.type == "cuda")
+
+
+def autocast(t: Train, device: torch.device):
+    bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def lm_loss(model, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    logits = model(input_ids=x).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction=reduction)
+
+
+class LossModule(torch.nn.Module):
+    """Model + loss as one module, so torch.compile fuses the fp32 upcast and log-softmax of the
+    logits into the graph instead of materialising them, and DDP wraps the whole step."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y):
+        return lm_loss(self.model, x, y)
+
+
+@torch.no_grad()
+def val_loss(model, windows: list[torch.Tensor], t: Train, proc: Proc, batch: int) -> float:
+    """Mean next-token loss over fixed validation windows (each rank scores its share)."""
+    model.eval()
+    total, count = 0.0, 0
+    mine = windows[proc.rank::proc.world]
+    for i in range(0, len(mine), batch):
+        rows = torch.stack(mine[i:i + batch]).to(proc.device)
+        with autocast(t, proc.device):
+            total += lm_loss(model, rows[:, :-1], rows[:, 1:], "sum").item()
+        count += rows[:, 1:].numel()
+    model.train()
+    return all_mean(total / max(count, 1), proc)
+
+
+def train(model, t: Train, proc: Proc, *, stage: str, batch_fn: Callable[[int, int], tuple],
+          val_windows: list[torch.Tensor], total_tokens: int, flops_per_token: float,
+          peak_flops: float, ckpt_root: Path, key: str, wandb_cfg: Wandb, run_config: dict) -> dict:
+    """Train in place; return the stage metrics. Writes plots/<stage>.csv and logs/<stage>.jsonl."""
+    per_step = t.batch_size * t.seq_len * proc.world
+    if t.total_batch_tokens % per_step:
+        raise UserError(f"{stage}.total_batch_tokens ({t.total_batch_tokens}) must be a multiple of "
+                        f"batch_size * seq_len * processes ({per_step})")
+    accum = t.total_batch_tokens // per_step
+    steps = max(1, total_tokens // t.total_batch_tokens)
+
+    model.to(proc.device).train()
+    opt = make_optimizer(model, t, proc.device)
+    start, history, state = 0, [], {}
+    found = ckpt.latest(ckpt_root, key)
+    if found:
+        state = ckpt.load(found, model, opt, proc.device)
+        start, history = state["step"], state["history"]
+    barrier(proc)
+
+    fwd = LossModule(model)
+    if t.compile:
+        fwd = torch.compile(fwd)
+    if proc.world > 1:
+        fwd = torch.nn.parallel.DistributedDataParallel(
+            fwd, device_ids=[proc.local_rank] if proc.device.type == "cuda" else None)
+
+    log = RunLog(stage, fresh=not found) if proc.main else None
+    run = start_wandb(wandb_cfg, stage, run_config) if proc.main else None
+    if proc.main:
+        what = f"resuming from {found} (step {start}/{steps})" if found else f"{steps} steps"
+        print(f"{stage}: {what}, {accum} micro-batches of {t.batch_size}x{t.seq_len} tokens per step "
+              f"x {proc.world} process(es), {t.total_batch_tokens:,} tok/step, {total_tokens:,} tokens",
+              flush=True)
+        log(event="start", steps=steps, resumed_from=start, accum=accum, world=proc.world)
+
+    bar = tqdm(total=steps, initial=start, desc=stage, unit="step", disable=not proc.main,
+               dynamic_ncols=True, mininterval=1.0)
+    timed_tokens, timed_secs = 0, 0.0
+    for step in range(start, steps):
+        lr = lr_at(step, steps, t)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        t0 = time.perf_counter()
+        loss_sum = 0.0
+        for micro in range(accum):
+            x, y = batch_fn(step, micro)
+            x, y = x.to(proc.device, non_blocking=True), y.to(proc.device, non_blocking=True)
+            sync = proc.world == 1 or micro == accum - 1
+            with (nullcontext() if sync else fwd.no_sync()), autocast(t, proc.device):
+                loss = fwd(x, y) / accum
+            loss.backward()
+            loss_sum += loss.detach()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        loss_val = all_mean(float(loss_sum), proc)  # one device sync per step
+        if not math.isfinite(loss_val):
+            last = ckpt.latest(ckpt_root, key)
+            raise NonFiniteLoss(f"{stage}: loss became {loss_val} at step {step}; nothing was written "
+                                f"(last good checkpoint: {last or 'none'}). Lower {stage}.lr or raise "
+                                f"{stage}.warmup_steps, then rerun to resume")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if proc.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        if step > start + 1 or steps - start <= 2:  # skip warm-up/compile steps in the speed figure
+            timed_tokens, timed_secs = timed_tokens + t.total_batch_tokens, timed_secs + dt
+
+        row = {"step": step + 1, "tokens": (step + 1) * t.total_batch_tokens, "loss": round(loss_val, 5),
+               "lr": lr, "tokens_per_s": round(t.total_batch_tokens / dt, 1)}
+        last_step = step + 1 == steps
+        if (step + 1) % t.eval_every == 0 or last_step:
+            row["val_loss"] = round(val_loss(model, val_windows, t, proc, t.batch_size), 5)
+        bar.update(1)
+        if proc.main:
+            bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            history.append(row)
+            if (step + 1) % t.log_every == 0 or "val_loss" in row or last_step:
+                mfu = flops_per_token * row["tokens_per_s"] / (peak_flops * proc.world)
+                log(event="step", **row, mfu=round(mfu, 6))
+                if run:
+                    run.log({k: v for k, v in row.items() if k != "step"} | {"mfu": mfu}, step=step + 1)
+        if (step + 1) % t.ckpt_every == 0 and not last_step:
+            if proc.main:
+                ckpt.save(ckpt_root, step + 1, model, opt, {"key": key, "history": history})
+            barrier(proc)
+    bar.close()
+
+    tps = timed_tokens / timed_secs if timed_secs else 0.0
+    final = history[-1] if history else {}
+    metrics = {"steps": steps, "tokens": steps * t.total_batch_tokens, "resumed_from_step": start,
+               "final_loss": final.get("loss"), "val_loss": final.get("val_loss"),
+               "tokens_per_s": round(tps, 1), "processes": proc.world,
+               "mfu": round(flops_per_token * tps / (peak_flops * proc.world), 6),
+               "flops_per_token": flops_per_token}
+    if proc.main:
+        write_plot(stage, history)
+        log(event="end", **metrics)
+        log.close()
+        if run:
+            run.summary.update(metrics)
+            run.finish()
+    return metrics
+
+
+def start_wandb(w: Wandb, stage: str, config: dict):
+    mode = os.environ.get("WANDB_MODE", w.mode)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    os.makedirs("logs", exist_ok=True)
+    return wandb.init(project=w.project, name=stage, job_type=stage, dir="logs", mode=mode,
+                      config=config, reinit="finish_previous")

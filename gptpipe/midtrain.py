@@ -1,0 +1,77 @@
+"""Midtraining: the base model keeps training with our loop on corpus text mixed with chat
+conversations rendered by the tokenizer's chat template, so it learns the conversation format."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gptpipe import loop
+from gptpipe.config import Params
+from gptpipe.dist import Proc
+from gptpipe.errors import UserError
+from gptpipe.model import flops_per_token, save
+from gptpipe.shards import Shards, sample_windows
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read ({e}); rerun `dvc repro tasks`") from None
+
+
+def chat_stream(tok, conversations: list[dict]) -> np.ndarray:
+    """Every conversation rendered with the chat template (each starts with <|bos|>), concatenated."""
+    ids = tok.apply_chat_template([c["messages"] for c in conversations], tokenize=True, return_dict=True)["input_ids"]
+    return np.fromiter((i for conv in ids for i in conv), dtype=np.int64)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run(p: Params, proc: Proc, *, base: Path, tokens: Path, conversations: Path, out: Path | None,
+        ckpt_root: Path) -> dict:
+    t = p.midtrain
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    corpus, val = Shards(tokens, "train"), Shards(tokens, "val")
+    if model.config.vocab_size != corpus.vocab_size:
+        raise UserError(f"{base} has a {model.config.vocab_size}-token vocabulary but {tokens} has "
+                        f"{corpus.vocab_size}: rerun `dvc repro pretrain`")
+    chat = chat_stream(tok, read_jsonl(conversations))
+    n_chat = round(t.batch_size * t.chat_fraction)
+    if proc.main:
+        print(f"midtrain: {len(chat):,} chat tokens, {corpus.tokens:,} corpus tokens; {n_chat} of "
+              f"{t.batch_size} sequences per micro-batch are chat", flush=True)
+
+    def batch_fn(step: int, micro: int):
+        rng = np.random.default_rng([t.seed, step, micro, proc.rank])
+        parts = []
+        if n_chat:
+            parts.append(sample_windows([chat], n_chat, t.seq_len, rng))
+        if t.batch_size > n_chat:
+            parts.append(corpus.sample(t.batch_size - n_chat, t.seq_len, rng))
+        return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+    key = p.hash_of("midtrain", extra=json.dumps(corpus.meta) + file_digest(base / "model.safetensors")
+                    + file_digest(conversations))
+    metrics = loop.train(model, t, proc, stage="midtrain", batch_fn=batch_fn,
+                         val_windows=list(val.windows(t.seq_len, t.eval_tokens)), total_tokens=t.tokens or
+                         int(t.token_ratio * model.num_parameters()),
+                         flops_per_token=flops_per_token(model.config, t.seq_len), peak_flops=p.device.peak_flops,
+                         ckpt_root=ckpt_root, key=key, wandb_cfg=p.wandb,
+                         run_config=p.model_dump(include={"midtrain"}))
+    if out is not None and proc.main:
+        save(model, tok, out)
+    return {**metrics, "chat_tokens": int(len(chat)), "device": proc.label}

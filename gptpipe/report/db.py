@@ -1,0 +1,167 @@
+"""The results database: one DuckDB file holding every run of the pipeline.
+
+A run is one execution of the report stage, keyed by time, git rev and params hash. Its rows come from
+the files the stages wrote: metrics/<stage>.json, plots/<stage>.csv and reports/eval/<model>.json.
+Connections are short-lived (DuckDB lets one writer hold the file), and a run is written in one
+transaction, so a crash never leaves half a run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import yaml
+
+from gptpipe.errors import UserError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, created_at TIMESTAMP, git_rev TEXT,
+                                 params_hash TEXT, params_json TEXT, title TEXT);
+CREATE TABLE IF NOT EXISTS stages (run_id TEXT, stage TEXT, elapsed_s DOUBLE, device TEXT,
+                                   tokens_per_s DOUBLE, mfu DOUBLE, status TEXT, metrics_json TEXT);
+CREATE TABLE IF NOT EXISTS metrics (run_id TEXT, stage TEXT, step BIGINT, name TEXT, value DOUBLE);
+CREATE TABLE IF NOT EXISTS evals (run_id TEXT, model TEXT, task TEXT, metric TEXT, value DOUBLE,
+                                  n BIGINT, stderr DOUBLE);
+CREATE TABLE IF NOT EXISTS samples (run_id TEXT, model TEXT, prompt TEXT, completion TEXT);
+"""
+
+
+def connect(path: str | Path, read_only: bool = False, tries: int = 20):
+    """Open the database, waiting up to ~5 s while another process holds it.
+
+    DuckDB refuses every other open at once while one process writes; report runs are short, so waiting
+    a little turns a concurrent report (or a reader) into a delay instead of a failure.
+    """
+    for i in range(tries):
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower() or i == tries - 1:
+                raise UserError(f"{path}: cannot open ({e}); is another report running?") from None
+            time.sleep(0.25)
+
+
+def git_rev(workspace: Path) -> str:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True)
+    except OSError:  # no git installed: the run is still worth recording
+        return "nogit"
+    return r.stdout.strip() if r.returncode == 0 else "nogit"
+
+
+def number(v) -> float | None:
+    """A finite float, or None: stages may add text columns or keys the report must not choke on."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e}); rerun the stage that writes it") from None
+
+
+def collect(workspace: Path) -> dict:
+    """Everything this run produced, read from the stage output files; missing ones are simply absent."""
+    params = yaml.safe_load((workspace / "params.yaml").read_text()) or {}
+    stages = {f.stem: read_json(f) for f in sorted((workspace / "metrics").glob("*.json"))}
+    curves = []
+    for f in sorted((workspace / "plots").glob("*.csv")):
+        with open(f, newline="") as fh:
+            for row in csv.DictReader(fh):
+                step = number(row.pop("step", None))
+                if step is not None:
+                    curves += [(f.stem, int(step), k, x) for k, v in row.items() if (x := number(v)) is not None]
+    evals, samples = [], []
+    for f in sorted((workspace / "reports" / "eval").glob("*.json")):
+        data = read_json(f)
+        evals += data.get("rows", [])
+        samples += data.get("samples", [])
+    return {"params": params, "stages": stages, "curves": curves, "evals": evals, "samples": samples}
+
+
+def record_run(db_path: str | Path, workspace: str | Path = ".", title: str = "gptpipe") -> str:
+    """Insert this run (all of it or nothing) and return its id."""
+    workspace = Path(workspace)
+    c = collect(workspace)
+    rev = git_rev(workspace)
+    params_json = json.dumps(c["params"], sort_keys=True)
+    phash = hashlib.sha256(params_json.encode()).hexdigest()[:12]
+    now = datetime.now(timezone.utc)
+    run_id = f"{now:%Y%m%dT%H%M%SZ}-{rev[:7]}-{phash[:6]}"
+    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    con = connect(db_path)
+    try:
+        con.execute(SCHEMA)
+        con.execute("BEGIN")  # closing with this still open (any error below) rolls the whole run back
+        taken = con.execute("SELECT count(*) FROM runs WHERE starts_with(run_id, ?)", [run_id]).fetchall()[0][0]
+        if taken:  # another report of the same rev and params within the same second
+            run_id = f"{run_id}.{taken + 1}"
+        con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+                    [run_id, now.replace(tzinfo=None), rev, phash, params_json, title])
+        for stage, m in c["stages"].items():
+            con.execute("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, 'ok', ?)",
+                        [run_id, stage, number(m.get("elapsed_s")), m.get("device"),
+                         number(m.get("tokens_per_s")), number(m.get("mfu")), json.dumps(m, sort_keys=True)])
+        if c["curves"]:
+            con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", [[run_id, *r] for r in c["curves"]])
+        if c["evals"]:
+            con.executemany("INSERT INTO evals VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [[run_id, e["model"], e["task"], e["metric"], number(e.get("value")), e.get("n"),
+                              number(e.get("stderr"))] for e in c["evals"]])
+        if c["samples"]:
+            con.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)",
+                            [[run_id, s["model"], s["prompt"], s["completion"]] for s in c["samples"]])
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    return run_id
+
+
+def _rows(con, sql: str, args=()) -> list[dict]:
+    cur = con.execute(sql, list(args))
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def load(db_path: str | Path) -> dict:
+    """Plain data for the renderers: every run newest first; the latest run in full; the one before it.
+
+    {"runs": [{run_id, created_at, git_rev, params_hash, params_json, title, base_bpb}, ...],
+     "latest"/"previous": None or a run plus params (dict) and lists of dicts: stages, evals, samples,
+     curves (stage, step, name, value)}
+    """
+    con = connect(db_path, read_only=True)
+    try:
+        runs = _rows(con, "SELECT * FROM runs ORDER BY created_at DESC, run_id DESC")
+
+        def run(r):
+            rid = r["run_id"]
+            return {**r, "params": json.loads(r["params_json"]),
+                    "stages": _rows(con, "SELECT * FROM stages WHERE run_id = ? ORDER BY rowid", [rid]),
+                    "evals": _rows(con, "SELECT * FROM evals WHERE run_id = ? ORDER BY rowid", [rid]),
+                    "samples": _rows(con, "SELECT * FROM samples WHERE run_id = ? ORDER BY rowid", [rid]),
+                    "curves": _rows(con, "SELECT stage, step, name, value FROM metrics WHERE run_id = ? "
+                                         "ORDER BY stage, name, step", [rid])}
+
+        headline = {r["run_id"]: r["value"] for r in _rows(
+            con, "SELECT run_id, value FROM evals WHERE model = 'base' AND task = 'val' AND metric = 'bpb'")}
+        for r in runs:
+            r["base_bpb"] = headline.get(r["run_id"])
+        latest = run(runs[0]) if runs else None
+        previous = run(runs[1]) if len(runs) > 1 else None
+    finally:
+        con.close()
+    return {"runs": runs, "latest": latest, "previous": previous}

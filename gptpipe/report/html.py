@@ -1,0 +1,122 @@
+"""reports/index.html: one self-contained page (inline CSS and SVG, no scripts, nothing fetched).
+
+Every string that came from data (titles, params, prompts, completions) goes through `esc`.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from gptpipe.report.card import eval_deltas, params_diff, report_card, stage_table
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child,td.l{text-align:left}
+pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;word-break:break-all;margin:.3em 0 1em}
+.muted{color:#777}svg{background:#fff;border:1px solid #eee}
+"""
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+
+
+def esc(x) -> str:
+    return escape(str(x), quote=True)
+
+
+def table(header, rows) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def loss_chart(curves: list[dict], width: int = 720, height: int = 300) -> str:
+    """Training loss (lines) and validation loss (dots) of each training stage against tokens (or steps).
+
+    Drawn here as inline SVG so the page needs no plotting library. The x axis is tokens when every
+    plotted stage logged them, else steps: one axis must mean one thing.
+    """
+    series = {}
+    for c in curves:
+        series.setdefault(c["stage"], {}).setdefault(c["name"], []).append((c["step"], c["value"]))
+    series = {k: v for k, v in series.items() if "loss" in v or "val_loss" in v}
+    xname = "tokens" if series and all("tokens" in cols for cols in series.values()) else "step"
+    lines = []
+    for stage, cols in series.items():
+        x_of = dict(cols.get(xname, []))  # step -> x
+        for name in ("loss", "val_loss"):
+            pts = [(x_of.get(s, s), v) for s, v in cols.get(name, [])]
+            if pts:
+                lines.append((stage, name, pts))
+    if not lines:
+        return '<p class="muted">No training curves in this run.</p>'
+    xs = [x for *_, p in lines for x, _ in p]
+    ys = [y for *_, p in lines for _, y in p]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    pad = 48
+
+    def px(x, y):
+        return (pad + (x - x0) / (x1 - x0) * (width - 2 * pad),
+                height - pad + (y0 - y) / (y1 - y0) * (height - 2 * pad))
+
+    out = [f'<svg width="{width}" height="{height}" role="img">']  # HTML5 needs no xmlns for inline SVG
+    for i in range(5):  # grid and tick labels
+        y = y0 + (y1 - y0) * i / 4
+        _, py = px(x0, y)
+        out.append(f'<line x1="{pad}" x2="{width - pad}" y1="{py:.1f}" y2="{py:.1f}" stroke="#eee"/>'
+                   f'<text x="{pad - 6}" y="{py + 4:.1f}" font-size="11" text-anchor="end">{y:.4g}</text>')
+        x = x0 + (x1 - x0) * i / 4
+        qx, _ = px(x, y0)
+        out.append(f'<text x="{qx:.1f}" y="{height - pad + 16}" font-size="11" text-anchor="middle">{x:,.0f}</text>')
+    out.append(f'<text x="{width / 2}" y="{height - 8}" font-size="12" text-anchor="middle">{xname}</text>')
+    stage_color = {st: COLORS[i % len(COLORS)] for i, st in enumerate(series)}  # a stage's loss and val share one
+    for i, (stage, name, pts) in enumerate(lines):
+        color = stage_color[stage]
+        if name == "loss" and len(pts) > 1:
+            path = " ".join(f"{a:.1f},{b:.1f}" for a, b in (px(x, y) for x, y in pts))
+            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}"/>')
+        else:
+            out += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3.5" fill="{color}" stroke="#000"/>'
+                    for a, b in (px(x, y) for x, y in pts)]  # val points, or a lone training point
+        out.append(f'<text x="{width - pad - 4}" y="{pad + 14 * i}" font-size="11" text-anchor="end" '
+                   f'fill="{color}">{esc(stage)} {esc(name)}</text>')
+    return "".join(out) + "</svg>"
+
+
+def render(data: dict) -> str:
+    run, prev = data["latest"], data["previous"]
+    if run is None:
+        return f"<!doctype html><meta charset=utf-8><style>{CSS}</style><h1>gptpipe report</h1><p>No runs yet.</p>"
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(run['title'])}</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>{esc(run['title'])}</h1>",
+             f"<p class=muted>run {esc(run['run_id'])} · git {esc(run['git_rev'][:10])} · params "
+             f"{esc(run['params_hash'])} · {run['created_at']:%Y-%m-%d %H:%M} UTC</p>",
+             "<h2>Report card</h2>",
+             table(*report_card(run["evals"])) if run["evals"] else "<p class=muted>No evaluations.</p>",
+             "<h2>Stages</h2>", table(*stage_table(run["stages"])),
+             "<h2>Loss curves</h2>", loss_chart(run["curves"]),
+             "<h2>Samples</h2>"]
+    for s in run["samples"]:
+        parts.append(f"<p><b>{esc(s['model'])}</b> · prompt <code>{esc(s['prompt'])}</code></p>"
+                     f"<pre>{esc(s['prompt'])}<b>{esc(s['completion'])}</b></pre>")
+    if not run["samples"]:
+        parts.append("<p class=muted>No samples.</p>")
+    parts.append("<h2>Compared with the previous run</h2>")
+    if prev is None:
+        parts.append("<p class=muted>This is the first run.</p>")
+    else:
+        parts.append(f"<p>previous: {esc(prev['run_id'])}</p><h3>Params that changed</h3>")
+        diff = params_diff(prev["params"], run["params"])
+        parts.append(table(["param", "before", "now"], diff) if diff else "<p class=muted>None.</p>")
+        parts.append("<h3>Evaluation deltas</h3>")
+        deltas = eval_deltas(prev["evals"], run["evals"])
+        parts.append(table(["model", "task", "metric", "before", "now", "change"], deltas)
+                     if deltas else "<p class=muted>No common evaluations.</p>")
+    parts.append("<h2>Run history</h2>")
+    parts.append(table(["run", "date (UTC)", "git", "params", "base val bpb"],
+                       [[r["run_id"], f"{r['created_at']:%Y-%m-%d %H:%M}", r["git_rev"][:10], r["params_hash"],
+                         "–" if r["base_bpb"] is None else f"{r['base_bpb']:.4f}"] for r in data["runs"]]))
+    parts.append("</body></html>")
+    return "\n".join(parts)

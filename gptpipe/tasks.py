@@ -1,0 +1,131 @@
+"""Synthetic, verifiable chat tasks: generated from a seed, checked by exact match.
+
+Each task makes (question, answer, plausible wrong answer) triples. From them come SFT conversations
+(some multi-turn), preference pairs (chosen = right, rejected = wrong), RL prompts with a checker, and
+held-out evaluation sets. Train and held-out never share a question.
+
+The tasks span difficulty on purpose: copying and comparing are within reach of the tiny CPU model;
+addition and spelling backwards need scale, so they keep measuring as models grow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+
+# Common short English words: the vocabulary of the word tasks (embedded so generation is offline).
+WORDS = """able acid aged also area army away baby back ball band bank base bath bear beat been beer bell belt
+best bird blow blue boat body bone book boot born boss both bowl bulk burn bush busy cake call calm came camp
+card care case cash cast cell chat chip city club coal coat code cold come cook cool cope copy core cost crew
+crop dark data date dawn days dead deal dear debt deep deny desk diet disk door dose down draw drew drop drug
+dual duke dust duty each earn ease east easy edge else even ever exit face fact fail fair fall farm fast fate
+fear feed feel fell file fill film find fine fire firm fish five flat flow food foot form fort four free from
+fuel full fund gain game gate gave gear gene gift girl give glad goal goes gold golf gone good gray grew grey
+grow gulf hair half hall hand hang hard harm hate have head hear heat held hell help here hero high hill hire
+hold hole holy home hope host hour huge hung hunt hurt idea inch into iron item jack jane jean john join jump
+jury just keen keep kent kept kick kill kind king knee knew know lack lady laid lake land lane last late lead
+left less life lift like line link list live load loan lock logo long look lord lose loss lost love luck made
+mail main make male many mark mass matt meal mean meat meet menu mere mike mile milk mill mind mine miss mode
+mood moon more most move much must name navy near neck need news next nice nick nine none nose note okay once
+only open oral over pace pack page paid pain pair palm park part pass past path peak pick pink pipe plan play
+plot plug plus poll pool poor port post pull pure push race rail rain rank rare rate read real rear rely rent
+rest rice rich ride ring rise risk road rock role roll roof room root rose rule rush safe said sake sale salt
+same sand save seat seed seek seem seen self sell send sent ship shop shot show shut sick side sign site size
+skin slip slow snow soft soil sold sole some song soon sort soul spot star stay step stop such suit sure take
+tale talk tall tank tape task team tech tell tend term test text than that them then they thin this thus till
+time tiny told tone tony took tool tour town tree trip true tune turn twin type unit upon used user vary vast
+very vice view vote wage wait wake walk wall want ward warm wash wave ways weak wear week well went were west
+what when whom wide wife wild will wind wine wing wire wise wish with wood word wore work yard yeah year your
+zero zone""".split()
+
+Triple = tuple[str, str, str]  # question, answer, wrong answer
+
+
+def compare(r: random.Random) -> Triple:
+    a, b = r.sample(range(100), 2)
+    return f"Which is larger, {a} or {b}?", str(max(a, b)), str(min(a, b))
+
+
+def copy(r: random.Random) -> Triple:
+    w, other = r.sample(WORDS, 2)
+    return f"Repeat the word: {w}", w, other
+
+
+def last_word(r: random.Random) -> Triple:
+    ws = r.sample(WORDS, 3)
+    return f"What is the last word of: {' '.join(ws)}?", ws[-1], ws[0]
+
+
+def add(r: random.Random) -> Triple:
+    a, b = r.randrange(10), r.randrange(10)
+    return f"What is {a} + {b}?", str(a + b), str(a + b + r.choice([-1, 1]))
+
+
+def reverse(r: random.Random) -> Triple:
+    w = r.choice(WORDS)
+    wrong = w[::-1][1:] + w[::-1][0]  # rotated: right letters, wrong order
+    return f"Spell the word backwards: {w}", w[::-1], wrong if wrong != w[::-1] else w
+
+
+TASKS: dict[str, Callable[[random.Random], Triple]] = {
+    "compare": compare, "copy": copy, "last_word": last_word, "add": add, "reverse": reverse}
+
+
+def check(completion: str, answer: str) -> bool:
+    """Exact match of the first line of the reply, ignoring surrounding space and a final period."""
+    lines = completion.strip().splitlines()
+    return bool(lines) and lines[0].strip().rstrip(".").strip() == answer
+
+
+def is_heldout(question: str, fraction: float, seed: int) -> bool:
+    h = hashlib.blake2b(f"{seed}\0{question}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64 < fraction
+
+
+def triples(task: str, n: int, heldout: bool, fraction: float, seed: int) -> list[Triple]:
+    """Up to n distinct triples of one task on one side of the split (fewer if the task has fewer)."""
+    r = random.Random(f"{seed}/{task}/{heldout}")
+    out, seen = [], set()
+    for _ in range(50 * n):
+        q, a, w = TASKS[task](r)
+        if q not in seen and is_heldout(q, fraction, seed) == heldout:
+            seen.add(q)
+            out.append((q, a, w))
+            if len(out) == n:
+                break
+    return out
+
+
+def user(q: str) -> dict:
+    return {"role": "user", "content": q}
+
+
+def assistant(a: str) -> dict:
+    return {"role": "assistant", "content": a}
+
+
+def build(names: list[str], n_train: int, n_heldout: int, heldout_fraction: float, multi_turn: float,
+          seed: int) -> dict[str, list[dict]]:
+    """All the sets, as lists of JSON-ready rows in TRL's conversational formats."""
+    r = random.Random(seed)
+    sets = {"sft": [], "prefs_train": [], "prefs_heldout": [], "rl": [], "eval": []}
+    for task in names:
+        train = triples(task, n_train, False, heldout_fraction, seed)
+        held = triples(task, n_heldout, True, heldout_fraction, seed)
+        for i, (q, a, w) in enumerate(train):
+            messages = [user(q), assistant(a)]
+            if r.random() < multi_turn:  # a second exchange in the same conversation
+                q2, a2, _ = train[(i + 1) % len(train)]
+                messages += [user(q2), assistant(a2)]
+            sets["sft"].append({"task": task, "messages": messages})
+            sets["prefs_train"].append({"task": task, "prompt": [user(q)], "chosen": [assistant(a)],
+                                        "rejected": [assistant(w)]})
+            sets["rl"].append({"task": task, "prompt": [user(q)], "answer": a})
+        for q, a, w in held:
+            sets["prefs_heldout"].append({"task": task, "prompt": [user(q)], "chosen": [assistant(a)],
+                                          "rejected": [assistant(w)]})
+            sets["eval"].append({"task": task, "prompt": [user(q)], "answer": a})
+    for rows in sets.values():
+        random.Random(seed).shuffle(rows)
+    return sets

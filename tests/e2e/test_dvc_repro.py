@@ -1,0 +1,94 @@
+"""`dvc repro` of the micro profile in a throwaway copy of the repo: builds, skips, reruns precisely."""
+
+import json
+import re
+import sys
+
+import pytest
+
+from conftest import make_workspace, sh
+
+pytestmark = pytest.mark.e2e
+ALL = ["download", "tasks", "tokenize", "pretrain", "midtrain", "sft", "evaluate", "report"]
+
+
+def ran(out: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", out)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    ws = make_workspace(tmp_path_factory.mktemp("dvc") / "ws")
+    r = sh(["dvc", "repro"], ws)
+    return ws, r.stdout
+
+
+def test_repro_builds_everything(built):
+    ws, out = built
+    assert sorted(ran(out)) == sorted(ALL) and ran(out)[-1] == "report"
+    for path in ["data/raw/corpus/train.parquet", "data/tokenizer/tokenizer.json", "data/tokens/meta.json", "data/raw/tasks/sft.jsonl",
+                 "models/base/model.safetensors", "models/base/config.json", "models/mid/model.safetensors",
+                 "models/sft/model.safetensors", "reports/eval/sft.json", "reports/eval/base.json",
+                 "reports/gptpipe.duckdb", "reports/index.html", "reports/report.md", "plots/pretrain.csv"]:
+        assert (ws / path).exists(), path
+    for stage in ALL[:-1]:
+        assert "elapsed_s" in json.loads((ws / f"metrics/{stage}.json").read_text())
+    assert not list(ws.glob("**/.*.tmp-*")), "a temporary output was left behind"
+    shown = sh(["dvc", "metrics", "show", "--json"], ws).stdout
+    assert "base_val_bpb" in shown and "tokens_per_s" in shown
+
+
+def test_model_beats_unigram_and_loads_with_stock_classes(built):
+    ws, _ = built
+    m = json.loads((ws / "metrics/evaluate.json").read_text())
+    assert m["base_val_bpb"] < m["unigram_val_bpb"]
+    code = ("from transformers import AutoModelForCausalLM, AutoTokenizer as T; import sys;"
+            "m = AutoModelForCausalLM.from_pretrained('models/base'); t = T.from_pretrained('models/base');"
+            "ids = t('def ', return_tensors='pt').input_ids; print(type(m).__name__, m.generate(ids, max_new_tokens=3).shape)")
+    assert "LlamaForCausalLM" in sh([sys.executable, "-c", code], ws).stdout
+
+
+def test_second_repro_does_nothing(built):
+    ws, _ = built
+    out = sh(["dvc", "repro"], ws).stdout
+    assert ran(out) == [] and "up to date" in out
+
+
+def test_pretrain_param_reruns_only_downstream(built):
+    ws, _ = built
+    out = sh([sys.executable, "-m", "gptpipe.cli", "run", "--set", "pretrain.lr=0.002"], ws).stdout
+    assert ran(out) == ["pretrain", "midtrain", "sft", "evaluate", "report"]
+    assert "lr: 0.002" in (ws / "params.yaml").read_text()
+
+
+def test_single_stage_rerun(built):
+    ws, _ = built
+    out = sh(["dvc", "repro", "-f", "-s", "evaluate"], ws).stdout
+    assert ran(out) == ["evaluate"]
+    assert "report" in sh(["dvc", "status"], ws).stdout  # its output changed, so report is now stale
+
+
+def test_bad_param_fails_before_work_and_keeps_outputs(built):
+    ws, _ = built
+    before = (ws / "models/base/model.safetensors").read_bytes()
+    r = sh([sys.executable, "-m", "gptpipe.cli", "run", "--set", "model.n_head=3"], ws, check=False)
+    assert r.returncode == 2 and "model" in r.stderr and "must divide" in r.stderr
+    assert "n_head: 3" not in (ws / "params.yaml").read_text()
+    (ws / "params.yaml").write_text((ws / "params.yaml").read_text().replace("lr: 0.002", "lr: -1"))
+    r = sh(["dvc", "repro"], ws, check=False)
+    assert r.returncode != 0 and "pretrain.lr" in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
+    assert (ws / "models/base/model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("profile", ["gpu-1x", "speedrun-8xh100"])
+def test_switching_to_a_scale_profile_plans_a_full_rerun(built, tmp_path, profile):
+    """On a workspace that already ran, a scale profile reruns every stage whose params it changes."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(built[0], ws, symlinks=True)
+    before = (ws / "metrics/pretrain.json").read_text()
+    sh([sys.executable, "-m", "gptpipe.cli", "profile", "use", profile], ws)
+    out = sh(["dvc", "repro", "--dry"], ws).stdout
+    assert sorted(ran(out)) == sorted(set(ALL) - {"tasks"})  # the profiles leave the chat tasks alone
+    assert (ws / "metrics/pretrain.json").read_text() == before  # nothing ran

@@ -1,0 +1,381 @@
+"""The Prefect speedrun flow on the micro profile, against a real `prefect server start` on 127.0.0.1.
+
+One server and one workspace serve the whole module (its tests run in file order and build on each other):
+the flow runs in this process, from the CLI, and as a deployment that a process worker picks up.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, make_workspace, sh
+
+pytestmark = pytest.mark.e2e
+sys.path.insert(0, str(REPO))  # flows/ lives in the checkout, beside the installed gptpipe package
+
+
+def wait_for(what: str, check, timeout: float, every: float = 0.5):
+    """check() until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C the process group, then kill it: a Prefect worker or server never outlives its fixture."""
+    for sig, grace in [(signal.SIGINT, 15), (signal.SIGKILL, 10)]:
+        if proc.poll() is not None:
+            return
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+# ---------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Environment of everything Prefect in this module: its own home, a free port, no analytics."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    e = dict(os.environ,
+             PREFECT_HOME=str(tmp_path_factory.mktemp("prefect_home")),
+             PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+             PREFECT_SERVER_ANALYTICS_ENABLED="false",
+             PREFECT_SERVER_UI_ENABLED="false",
+             PREFECT_WORKER_QUERY_SECONDS="1",        # the worker polls every second, not every 10
+             PREFECT_LOGGING_TO_API_BATCH_INTERVAL="0.3")
+    e.pop("GPTPIPE_HOME", None)
+    return e
+
+
+@pytest.fixture(scope="module")
+def server(env, tmp_path_factory):
+    """`prefect server start` on 127.0.0.1 (SQLite under PREFECT_HOME); this process talks to it too."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    port = env["PREFECT_API_URL"].split(":")[-1].split("/")[0]
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                 "--port", port], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        import httpx
+
+        def healthy():
+            if proc.poll() is not None:
+                raise AssertionError(f"prefect server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                return httpx.get(env["PREFECT_API_URL"] + "/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for("the Prefect server to answer", healthy, timeout=120)
+        # Prefect reads its settings when first imported: point this process at the server before that.
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update({k: v for k, v in env.items() if k.startswith("PREFECT_")})
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            yield env["PREFECT_API_URL"]
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A micro workspace that is a whole checkout (flows/ included): the deployment's worker runs its code."""
+    ws = make_workspace(tmp_path_factory.mktemp("flows") / "ws", sets=("flow.retry_delay_s=0",))
+    shutil.copytree(REPO / "flows", ws / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    return ws
+
+
+@pytest.fixture(scope="module")
+def built(server, ws):
+    """The first flow run on the fresh workspace: it runs every stage."""
+    from flows.speedrun import speedrun
+
+    return ws, speedrun(workspace=str(ws), return_state=True)
+
+
+# ---------------------------------------------------------------- helpers
+def client():
+    from prefect import get_client
+
+    return get_client(sync_client=True)
+
+
+def graph(ws: Path) -> dict[str, list[str]]:
+    from flows.repro import read_graph
+
+    return read_graph(ws)
+
+
+def downstream(g: dict[str, list[str]], stage: str) -> list[str]:
+    """The stage and every stage that reads from it, directly or not, in graph order."""
+    hit = {stage}
+    for s, ups in g.items():
+        if hit & set(ups):
+            hit.add(s)
+    return [s for s in g if s in hit]
+
+
+def task_runs(flow_run_id, n: int) -> dict:
+    """{task name: task run} of a flow run, once the server has recorded `n` of them."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    def read():
+        with client() as c:
+            runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        return len(runs) >= n and all(r.state and r.state.is_final() for r in runs) and {r.name: r for r in runs}
+
+    return wait_for(f"{n} task runs of flow run {flow_run_id}", read, timeout=30)
+
+
+def logs(flow_run_id, must_have: str) -> list[str]:
+    """Every log line of a flow run (its tasks' included), once one of them contains `must_have`."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # send what this process logged so far
+
+    def read():
+        lines, offset = [], 0
+        with client() as c:
+            while batch := c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                       limit=200, offset=offset):
+                lines += [f"{r.level} {r.message}" for r in batch]
+                offset += len(batch)
+        return any(must_have in line for line in lines) and lines
+
+    return wait_for(f"a log line with {must_have!r}", read, timeout=30)
+
+
+def artifact(key: str, flow_run_id):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with client() as c:
+        found = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]),
+                                                                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    assert found, f"no artifact {key!r} from flow run {flow_run_id}"
+    return found[0]
+
+
+def ran(out: str) -> list[str]:
+    return re.findall(r"Running stage '([\w@:./-]+)'", out)
+
+
+def leftovers(ws: Path) -> list[Path]:
+    return [p for p in ws.glob("**/.*.tmp-*") if ".git" not in p.parts]
+
+
+# ---------------------------------------------------------------- in-process flow runs
+def test_flow_runs_every_stage_as_a_task(built):
+    ws, state = built
+    g = graph(ws)
+    assert state.is_completed(), state.message
+    assert state.result() == {s: "ran" for s in g}
+    runs = task_runs(state.state_details.flow_run_id, len(g))
+    assert sorted(runs) == sorted(g) and {r.state.type.value for r in runs.values()} == {"COMPLETED"}
+
+    lines = logs(state.state_details.flow_run_id, "report: ran in")
+    for stage in g:  # DVC's lines, streamed into the stage's task (the stage's own: test_a_transient_failure...)
+        assert any(f"Running stage '{stage}'" in line for line in lines), stage
+
+    table = artifact("gptpipe-eval", state.state_details.flow_run_id)
+    rows = json.loads(table.data)
+    assert table.type == "table" and {"model", "task", "metric", "value", "n", "stderr"} <= set(rows[0])
+    assert any(r["metric"] == "bpb" for r in rows)
+    card = artifact("gptpipe-report", state.state_details.flow_run_id)
+    assert card.type == "markdown" and str(ws / "reports" / "index.html") in card.data
+    assert (ws / "reports" / "report.md").read_text() in card.data
+    assert "up to date" in sh([sys.executable, "-m", "dvc", "status"], ws).stdout
+
+
+def test_second_run_is_all_skipped_by_dvc(built):
+    from flows.speedrun import speedrun
+
+    ws, _ = built
+    state = speedrun(workspace=str(ws), return_state=True)
+    g = graph(ws)
+    assert state.is_completed() and state.result() == {s: "skipped" for s in g}
+    runs = task_runs(state.state_details.flow_run_id, len(g))
+    assert {(r.state.type.value, r.state.name) for r in runs.values()} == {("COMPLETED", "Skipped")}
+
+
+def test_dry_run_then_one_param_reruns_only_what_it_touches(built):
+    from flows.speedrun import speedrun
+    from gptpipe import profile
+
+    ws, _ = built
+    g = graph(ws)
+    before = {f: (ws / f).read_bytes() for f in ("params.yaml", "dvc.lock")}
+    plan = speedrun(workspace=str(ws), profile="gpu-1x", dry_run=True)  # what a switch to the GPU profile reruns
+    assert plan["pretrain"] == "would run" and plan["report"] == "would run"
+    assert {f: (ws / f).read_bytes() for f in before} == before, "a dry run changed the workspace"
+
+    profile.set_values(["evaluate.max_new_tokens=9"], ws / "params.yaml")
+    touched = downstream(g, "evaluate")
+    assert speedrun(workspace=str(ws), dry_run=True) == {s: "would run" if s in touched else "up to date" for s in g}
+    assert speedrun(workspace=str(ws)) == {s: "ran" if s in touched else "skipped" for s in g}
+
+
+def test_failing_stage_fails_the_flow_with_its_error_and_keeps_outputs(built):
+    from flows.speedrun import speedrun
+
+    ws, _ = built
+    keep = {f: (ws / f).read_bytes() for f in ("dvc.lock", "reports/eval/base.json", "params.yaml")}
+    (ws / "params.yaml").write_text(keep["params.yaml"].decode().replace("top_p: 0.95", "top_p: 2"))
+    try:
+        state = speedrun(workspace=str(ws), return_state=True)
+    finally:
+        (ws / "params.yaml").write_bytes(keep["params.yaml"])
+    assert state.is_failed() and "evaluate.top_p" in state.message and "Traceback" not in state.message
+    fid = state.state_details.flow_run_id
+    lines = logs(fid, "evaluate failed; not run")
+    assert any(line.startswith("40 ") and "evaluate.top_p" in line for line in lines)  # at ERROR level
+    started = [line for line in lines if re.match(r"\d+ Running stage 'evaluate'", line)]  # not the error's copy
+    assert len(started) == 1  # bad input: not retried (retries: 1)
+    g = graph(ws)
+    runs = task_runs(fid, list(g).index("evaluate") + 1)
+    assert runs["evaluate"].state.is_failed() and not set(downstream(g, "evaluate")[1:]) & set(runs)
+    assert {f: (ws / f).read_bytes() for f in keep if f != "params.yaml"} == {f: keep[f] for f in keep if f != "params.yaml"}
+    assert not leftovers(ws), "a failed stage left a half-written output"
+
+
+def test_a_transient_failure_is_retried(built):
+    from flows.speedrun import speedrun
+
+    ws, _ = built
+    script = ws / "stages" / "report.py"
+    code = script.read_text()
+    # Fail once, the way a lost node would (exit 3, not our bad-input 2), then behave.
+    script.write_text("import pathlib, sys\nprint('report: attempt', flush=True)\n"
+                      "if pathlib.Path('fail-once').exists():\n"
+                      "    pathlib.Path('fail-once').unlink(); sys.exit(3)\n" + code)
+    (ws / "fail-once").touch()
+    try:
+        state = speedrun(workspace=str(ws), stages=["report"], return_state=True)
+    finally:
+        script.write_text(code)
+    assert state.is_completed(), state.message
+    assert state.result() == {"report": "ran"}
+    lines = logs(state.state_details.flow_run_id, "report: ran in")
+    assert sum(bool(re.match(r"\d+ Running stage 'report'", line)) for line in lines) == 2
+    assert sum(line.endswith("report: attempt") for line in lines) == 2  # the stage's own output, streamed
+
+
+def test_bad_input_is_refused_in_one_line(built):
+    ws, _ = built
+    cases = [(["--stage", "nope"], "unknown stage 'nope'"), (["--workspace", str(ws / "nope")], "no dvc.yaml"),
+             (["--profile", "nope"], "profile 'nope' not found"), (["--stage", "report", "--force", "pretrain"],
+                                                                     "not among the stages to run")]
+    for args, words in cases:
+        r = sh([sys.executable, "-m", "gptpipe.cli", "flow", "run", "--workspace", str(ws), *args], REPO, check=False)
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# ---------------------------------------------------------------- two runs, one workspace
+def test_two_runs_on_one_workspace(built, server, env, tmp_path):
+    from flows.lock import holder
+
+    ws, _ = built
+    lock_before = (ws / "dvc.lock").read_text()
+
+    def flow_run(*args, out: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "flow", "run", "--workspace", str(ws), *args],
+                                cwd=REPO, env=env, stdout=open(tmp_path / out, "w"), stderr=subprocess.STDOUT)
+
+    first = flow_run("--force", "report", out="first.log")
+    wait_for("the first run to hold the workspace", lambda: first.poll() is not None or holder(ws), timeout=90)
+    assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    waiter, refused = flow_run(out="waiter.log"), flow_run("--no-wait", out="refused.log")
+    assert refused.wait(120) == 2, (tmp_path / "refused.log").read_text()[-3000:]
+    said = (tmp_path / "refused.log").read_text().strip().splitlines()[-1]
+    assert said.startswith("error [gptpipe]: workspace") and "is busy: flow run '" in said and "--no-wait" in said
+    assert first.wait(300) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    assert waiter.wait(300) == 0, (tmp_path / "waiter.log").read_text()[-3000:]
+    waited = (tmp_path / "waiter.log").read_text()
+    assert "is busy" in waited and "waiting up to" in waited
+    assert ran((tmp_path / "first.log").read_text()) == ["report"]
+    assert ran(waited) == [], "the waiting run started while the first one still held the workspace"
+    assert yaml.safe_load((ws / "dvc.lock").read_text())["stages"].keys() == yaml.safe_load(lock_before)["stages"].keys()
+    assert "up to date" in sh([sys.executable, "-m", "dvc", "status"], ws).stdout
+    assert not holder(ws)
+
+
+# ---------------------------------------------------------------- deployments on a worker
+def test_deployment_runs_on_a_process_worker(built, server, env, tmp_path):
+    import duckdb
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.workers.process import ProcessWorker
+
+    ws, _ = built
+    with client() as c:  # what `prefect work-pool create NAME --type process` does
+        for pool in ("gptpipe-cpu", "gptpipe-gpu"):
+            c.create_work_pool(WorkPoolCreate(name=pool, type="process",
+                                              base_job_template=ProcessWorker.get_default_base_job_template()))
+    sh([sys.executable, "-m", "gptpipe.cli", "deploy"], ws, env=env)
+    with client() as c:
+        nightly = c.read_deployment_by_name("speedrun/nightly")
+        gpu = c.read_deployment_by_name("speedrun/gpu")
+    assert gpu.parameters == {"profile": "gpu-1x"} and gpu.job_variables["env"]["CUDA_VISIBLE_DEVICES"] == "0"
+    assert gpu.job_variables["working_dir"] == str(ws) and gpu.pull_steps[0][
+        "prefect.deployments.steps.set_working_directory"]["directory"] == str(ws)
+
+    def scheduled():
+        with client() as c:
+            return c.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[nightly.id])))
+    runs = wait_for("the cron schedule to make runs", scheduled, timeout=60)
+    assert all(r.state.is_scheduled() and (r.expected_start_time.hour, r.expected_start_time.minute) == (3, 0)
+               for r in runs)
+
+    def count() -> int:  # closed at once: an open reader would lock the report stage out of the file
+        con = duckdb.connect(str(ws / "reports" / "gptpipe.duckdb"), read_only=True)
+        try:
+            return con.execute("SELECT count(*) FROM runs").fetchall()[0][0]
+        finally:
+            con.close()
+
+    before = count()
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "worker", "--pool", "gptpipe-cpu"], cwd=ws,
+                              env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        r = sh([sys.executable, "-m", "prefect", "deployment", "run", "speedrun/nightly",
+                "--param", 'force=["report"]'], ws, env=env)
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", r.stdout).group(1)
+
+        def final():
+            with client() as c:
+                s = c.read_flow_run(run_id).state
+            return s if s.is_final() else None
+        state = wait_for("the deployment run to finish", final, timeout=240, every=1)
+        assert state.is_completed(), f"{state}\n{log.read_text()[-4000:]}"
+        assert "Beginning flow run" in log.read_text()  # the worker ran it
+    finally:
+        stop(worker)
+    assert count() == before + 1

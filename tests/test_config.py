@@ -1,0 +1,97 @@
+"""params.yaml loading: the shipped files validate; every bad input names its key."""
+
+import subprocess
+import sys
+
+import pytest
+
+from gptpipe.config import deep_merge, load_params, parse_set, read_yaml, validate
+from gptpipe.errors import UserError
+
+from conftest import REPO
+
+
+def raw():
+    return read_yaml(REPO / "params.yaml")
+
+
+def test_default_and_profiles_validate():
+    p = load_params(REPO / "params.yaml")
+    assert p.model.d_model == p.model.depth * p.model.aspect_ratio
+    for overlay in (REPO / "profiles").glob("*.yaml"):
+        validate(deep_merge(raw(), read_yaml(overlay)), overlay.name)
+
+
+def test_depth_rule_and_overrides():
+    p = load_params(REPO / "params.yaml", ["model.depth=6", "model.aspect_ratio=64", "model.head_dim=64"])
+    assert (p.model.d_model, p.model.heads, p.model.kv_heads) == (384, 6, 3)
+    p = load_params(REPO / "params.yaml", ["model.width=96", "model.n_head=3", "model.n_kv_head=1"])
+    assert (p.model.d_model, p.model.heads, p.model.kv_heads) == (96, 3, 1)
+
+
+@pytest.mark.parametrize("sets, key, words", [
+    (["pretrain.lrr=0.1"], "pretrain.lrr", "unknown key"),
+    (["nosuchsection={}"], "nosuchsection", "unknown key"),
+    (["pretrain.lr=-1"], "pretrain.lr", "greater than 0"),
+    (["pretrain.lr=fast"], "pretrain.lr", "valid number"),
+    (["pretrain.batch_size=2.5"], "pretrain.batch_size", "valid integer"),
+    (["model.width=100", "model.n_head=3"], "model", "must divide the width"),
+    (["model.n_head=4", "model.n_kv_head=3"], "model", "must divide model.n_head"),
+    (["pretrain.seq_len=512"], "pretrain.seq_len", "model.max_seq_len"),
+    (["pretrain.total_batch_tokens=1000"], "total_batch_tokens", "multiple of"),
+    (["pretrain.schedule=linear"], "pretrain.schedule", "cosine"),
+    (["data.source=web"], "data.source", "stdlib"),
+    (["data.val_fraction=0.9"], "data.val_fraction", "less than 0.5"),
+    (["tokenizer.vocab_size=100"], "tokenizer.vocab_size", "greater than or equal to 512"),
+    (["evaluate.prompts=[]"], "evaluate.prompts", "at least 1"),
+])
+def test_bad_values_name_the_key(sets, key, words):
+    with pytest.raises(UserError) as e:
+        load_params(REPO / "params.yaml", sets)
+    assert key in str(e.value) and words in str(e.value), str(e.value)
+
+
+def test_missing_key_and_bad_yaml(tmp_path):
+    r = raw()
+    del r["pretrain"]["lr"]
+    with pytest.raises(UserError, match=r"pretrain.lr: missing key"):
+        validate(r)
+    f = tmp_path / "params.yaml"
+    f.write_text("pretrain: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_params(f)
+    with pytest.raises(UserError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_parse_set():
+    assert parse_set(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        parse_set(["pretrain.lr"])
+
+
+def test_cli_reports_bad_param_without_traceback():
+    r = subprocess.run([sys.executable, "-m", "gptpipe.cli", "params", "--set", "pretrain.lr=-1"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "pretrain.lr" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_profile_use_keeps_comments_and_refuses_bad_values(tmp_path, monkeypatch):
+    from gptpipe import profile
+
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "profiles" / "fast.yaml").write_text("pretrain:\n  lr: 0.01\n")
+    (tmp_path / "profiles" / "broken.yaml").write_text("pretrain:\n  lr: -3\n")
+    monkeypatch.chdir(tmp_path)
+    profile.use("fast")
+    text = (tmp_path / "params.yaml").read_text()
+    assert "lr: 0.01" in text and "# bf16 autocast on CUDA" in text
+    assert load_params().pretrain.lr == 0.01
+    before = (tmp_path / "params.yaml").read_text()
+    with pytest.raises(UserError, match="pretrain.lr"):
+        profile.use("broken")
+    with pytest.raises(UserError, match="known profiles: broken, fast"):
+        profile.use("nope")
+    assert (tmp_path / "params.yaml").read_text() == before

@@ -1,0 +1,62 @@
+"""Bits-per-byte, the unigram baseline and KV-cached sampling on a real (tiny) saved model."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from gptpipe import evaluate, tokenizer
+from gptpipe.model import llama_config
+from gptpipe.shards import Shards
+
+
+@pytest.fixture(scope="module")
+def saved(micro_data, tmp_path_factory):
+    p, dirs = micro_data
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(llama_config(p.model, p.tokenizer.vocab_size))
+    out = tmp_path_factory.mktemp("base")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(dirs["tokenizer"]).save_pretrained(out)
+    return p, dirs, out
+
+
+def test_bpb_of_a_uniform_model(micro_data):
+    """A model that predicts uniformly scores exactly log2(V) bits per target token."""
+    p, dirs = micro_data
+    val = Shards(dirs["tokens"], "val")
+    tb = torch.tensor(tokenizer.token_bytes(tokenizer.load(dirs["tokenizer"])))
+    model = LlamaForCausalLM(llama_config(p.model, val.vocab_size))
+    torch.nn.init.zeros_(model.lm_head.weight)
+    bpb, nbytes = evaluate.bpb_model(model, val, tb, p.evaluate, "cpu")
+    y = torch.cat([w[1:] for w in val.windows(p.model.max_seq_len, p.evaluate.tokens)])
+    counted = (tb[y] > 0).sum().item()
+    assert nbytes == tb[y].sum().item()
+    assert bpb == pytest.approx(counted * math.log2(val.vocab_size) / nbytes, rel=1e-5)
+
+
+def test_unigram_baseline_matches_its_definition(micro_data):
+    p, dirs = micro_data
+    train, val = Shards(dirs["tokens"], "train"), Shards(dirs["tokens"], "val")
+    tb = torch.tensor(tokenizer.token_bytes(tokenizer.load(dirs["tokenizer"])))
+    got = evaluate.bpb_unigram(train, val, tb, 64, 4096)
+    counts = np.bincount(np.concatenate(train.arrays), minlength=train.vocab_size) + 1
+    logp = np.log(counts / counts.sum())
+    y = torch.cat([w[1:] for w in val.windows(64, 4096)]).numpy()
+    keep = tb.numpy()[y] > 0
+    assert got == pytest.approx(-logp[y][keep].sum() / tb.numpy()[y].sum() / math.log(2), rel=1e-9)
+
+
+def test_evaluate_model_rows_and_samples(saved):
+    p, dirs, out = saved
+    e = p.evaluate.model_copy(update={"prompts": ["def ", "<script>"], "max_new_tokens": 5})
+    held = [{"task": "copy", "prompt": [{"role": "user", "content": "Repeat the word: club"}], "answer": "club"}]
+    r = evaluate.evaluate_model("base", out, dirs["tokens"], dirs["tokenizer"], e, "cpu", held, unigram=True)
+    rows = {(row["model"], row["task"], row["metric"]) for row in r["rows"]}
+    assert rows == {("base", "val", "bpb"), ("unigram", "val", "bpb"), ("base", "copy", "accuracy"),
+                    ("base", "tasks", "accuracy")}
+    assert [s["prompt"] for s in r["samples"]][:2] == ["def ", "<script>"]
+    again = evaluate.evaluate_model("base", out, dirs["tokens"], dirs["tokenizer"], e, "cpu", held, unigram=True)
+    assert again["samples"] == r["samples"], "sampling is seeded"

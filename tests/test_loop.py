@@ -1,0 +1,108 @@
+"""The training loop on a real tiny Llama: schedules, learning, the NaN guard, exact resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from gptpipe import ckpt, dist, loop
+from gptpipe.config import Device, Wandb
+from gptpipe.model import llama_config
+from gptpipe.shards import Shards
+
+CPU = Device(type="cpu", threads=None, peak_flops=1e11)
+
+
+def lrs(t, steps):
+    return [loop.lr_at(s, steps, t) for s in range(steps)]
+
+
+def test_schedules(micro_data):
+    p, _ = micro_data
+    t = p.pretrain.model_copy(update={"warmup_steps": 10, "lr": 1.0, "min_lr_frac": 0.1})
+    cos = lrs(t, 100)
+    assert cos[0] == pytest.approx(0.1) and cos[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(cos[9:], cos[10:])) and cos[-1] == pytest.approx(0.1, abs=1e-3)
+    wsd = lrs(t.model_copy(update={"schedule": "wsd", "decay_frac": 0.2}), 100)
+    assert wsd[10:80] == [1.0] * 70 and wsd[-1] == pytest.approx(0.1)
+
+
+def setup_run(micro_data, tmp_path, monkeypatch, **train_kw):
+    p, dirs = micro_data
+    monkeypatch.chdir(tmp_path)
+    t = p.pretrain.model_copy(update=train_kw)
+    data, val = Shards(dirs["tokens"], "train"), Shards(dirs["tokens"], "val")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(llama_config(p.model, data.vocab_size))
+
+    def batch_fn(step, micro):
+        return data.sample(t.batch_size, t.seq_len, np.random.default_rng([t.seed, step, micro]))
+
+    kw = dict(stage="pretrain", batch_fn=batch_fn, val_windows=list(val.windows(t.seq_len, 2048)),
+              total_tokens=t.total_batch_tokens * 30, flops_per_token=1e6, peak_flops=1e11,
+              key="k", wandb_cfg=Wandb(mode="disabled", project="t"), run_config={})
+    return model, t, kw
+
+
+def test_loss_goes_down_and_artifacts_are_written(micro_data, tmp_path, monkeypatch):
+    model, t, kw = setup_run(micro_data, tmp_path, monkeypatch)
+    m = loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "ck", **kw)
+    rows = (tmp_path / "plots/pretrain.csv").read_text().splitlines()
+    first_loss = float(rows[1].split(",")[2])
+    assert m["steps"] == 30 and m["final_loss"] < first_loss - 0.5 and m["val_loss"] is not None
+    assert m["tokens_per_s"] > 0 and 0 < m["mfu"]
+    events = [json.loads(line)["event"] for line in open(tmp_path / "logs/pretrain.jsonl")]
+    assert events[0] == "start" and events[-1] == "end"
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(micro_data, tmp_path, monkeypatch):
+    model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, ckpt_every=5)
+    calls = {"n": 0}
+    accum = t.total_batch_tokens // (t.batch_size * t.seq_len)
+
+    def poison(module, args, output):  # a fault from step 8 on: logits become NaN
+        calls["n"] += module.training
+        if calls["n"] > 8 * accum:
+            output.logits = output.logits * float("nan")
+        return output
+
+    model.register_forward_hook(poison)
+    with pytest.raises(loop.NonFiniteLoss, match=r"loss became nan at step 8.*step_0000005.*Lower pretrain.lr"):
+        loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "ck", **kw)
+    assert not (tmp_path / "plots/pretrain.csv").exists()
+
+
+def test_crash_and_resume_matches_an_uninterrupted_run(micro_data, tmp_path, monkeypatch):
+    model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, ckpt_every=10)
+    loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "straight", **kw)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, ckpt_every=10)
+    good = kw["batch_fn"]
+
+    def crash_at_step_15(step, micro):
+        if step == 15:
+            raise KeyboardInterrupt  # the process dies mid-run
+        return good(step, micro)
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "ck", **(kw | {"batch_fn": crash_at_step_15}))
+    assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step_0000010"]
+
+    model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, ckpt_every=10)  # a fresh process
+    m = loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "ck", **kw)
+    assert m["resumed_from_step"] == 10
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, reference[k], rtol=0, atol=0)
+
+
+def test_checkpoint_of_other_params_is_ignored(micro_data, tmp_path, monkeypatch):
+    model, t, kw = setup_run(micro_data, tmp_path, monkeypatch)
+    opt = loop.make_optimizer(model, t, torch.device("cpu"))
+    ckpt.save(tmp_path / "ck", 10, model, opt, {"key": "old-params", "history": []})
+    assert ckpt.latest(tmp_path / "ck", "old-params") is not None
+    assert ckpt.latest(tmp_path / "ck", "new-params") is None
+    (tmp_path / "ck" / ".tmp_step_0000020").mkdir()  # an interrupted save is never picked
+    assert ckpt.latest(tmp_path / "ck", "old-params").name == "step_0000010"

@@ -1,0 +1,34 @@
+"""The scaling planner's formulas."""
+
+import pytest
+
+from gptpipe.plan import GPUS, plan
+
+
+def test_formulas_tie_together():
+    p = plan(12, 1, "h100", mfu=0.5, vocab=32768, seq_len=1024, head_dim=64)
+    assert p.tokens == int(20 * p.params)
+    assert p.flops == pytest.approx(p.flops_per_token * p.tokens)
+    assert p.hours == pytest.approx(p.flops / (GPUS["h100"][0] * 0.5) / 3600)
+    assert p.cost == pytest.approx(p.hours * GPUS["h100"][1])
+    # 6N dominates: within the attention term of 6 x non-embedding params per token
+    assert 6 * p.params_non_embedding < p.flops_per_token < 6 * p.params_non_embedding + 12 * 12 * 768 * 1024 + 1
+
+
+def test_nanochat_d20_scale_and_linear_in_gpus():
+    one, eight = plan(20, 1), plan(20, 8)
+    assert 540e6 < one.params < 580e6            # nanochat's d20 is ~561M
+    assert eight.hours == pytest.approx(one.hours / 8) and eight.cost == pytest.approx(one.cost)
+    assert 2 < eight.hours < 8                   # the "$100, ~4 h on 8xH100" class of run at 40% MFU
+    assert plan(20, 8, price=2.0).cost == pytest.approx(eight.hours * 8 * 2.0)
+
+
+def test_cli_prints_a_plan_and_refuses_bad_flags():
+    import subprocess
+    import sys
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "gptpipe.cli", "plan", *a], capture_output=True, text=True)
+    r = run("--depth", "20", "--gpus", "8")
+    assert r.returncode == 0 and "M params" in r.stdout and "8x h100" in r.stdout and "$" in r.stdout
+    r = run("--mfu", "40")
+    assert r.returncode == 2 and "--mfu" in r.stderr and "Traceback" not in r.stderr
