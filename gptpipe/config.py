@@ -135,17 +135,69 @@ class Midtrain(Train):
     chat_fraction: float = Field(ge=0, le=1)  # share of each batch's sequences drawn from the conversations
 
 
-class SFT(Section):
-    """TRL SFTTrainer on the task conversations, loss on assistant tokens only."""
+class Post(Section):
+    """The HF Trainer knobs every TRL stage shares."""
     lr: float = Field(gt=0, lt=1)
-    epochs: float = Field(gt=0)
+    epochs: float = Field(gt=0)                # may be fractional: 0.25 = a quarter of the data once
     batch_size: int = Field(ge=1)              # per process
     grad_accum: int = Field(ge=1)
-    max_length: int = Field(ge=8)
     warmup_ratio: float = Field(ge=0, lt=1)
     weight_decay: float = Field(ge=0)
     nproc: int = Field(ge=1)                   # >1: relaunched under torchrun (accelerate picks it up)
     seed: int
+
+
+class Supervised(Post):
+    max_length: int = Field(ge=8)              # tokens per example; longer ones are truncated
+
+
+class SFT(Supervised):
+    """TRL SFTTrainer on the task conversations, loss on assistant tokens only."""
+
+
+class LoRA(Supervised):
+    """PEFT LoRA adapters trained with SFTTrainer on top of the frozen SFT model."""
+    r: int = Field(ge=1)
+    alpha: float = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    target_modules: list[str] = Field(min_length=1)   # e.g. q_proj, v_proj; "all-linear" for every linear
+
+
+class Reward(Supervised):
+    """TRL RewardTrainer: the SFT model with a scalar head, trained on preference pairs."""
+
+
+class DPO(Supervised):
+    """TRL DPOTrainer from SFT, with SFT as the frozen reference."""
+    beta: float = Field(gt=0)                  # strength of the pull towards the reference
+
+
+class RewardWeights(Section):
+    model: float = Field(ge=0)                 # the trained reward model's score
+    checker: float = Field(ge=0)               # 1 if the task checker accepts the answer, else 0
+
+    @model_validator(mode="after")
+    def _some(self):
+        if self.model == 0 and self.checker == 0:
+            raise ValueError("at least one of model and checker must be above 0")
+        return self
+
+
+class RL(Post):
+    """Online, PPO-style RL from SFT: TRL GRPO (clipped ratio, group-relative advantages) or RLOO."""
+    algorithm: Literal["grpo", "rloo"]
+    num_generations: int = Field(ge=2)         # completions sampled per prompt (the group)
+    max_completion_length: int = Field(ge=1)
+    temperature: float = Field(gt=0)
+    beta: float = Field(ge=0)                  # KL penalty to the SFT policy
+    reward_weights: RewardWeights
+
+    @model_validator(mode="after")
+    def _groups(self):
+        if self.batch_size * self.grad_accum % self.num_generations:
+            raise ValueError(f"batch_size x grad_accum ({self.batch_size * self.grad_accum}) must be a multiple "
+                             f"of num_generations ({self.num_generations}): each step takes whole groups")
+        return self
 
 
 class Device(Section):
@@ -189,6 +241,10 @@ class Params(Section):
     pretrain: Train
     midtrain: Midtrain
     sft: SFT
+    lora: LoRA
+    reward: Reward
+    dpo: DPO
+    rl: RL
     device: Device
     evaluate: Evaluate
     report: Report
@@ -198,7 +254,8 @@ class Params(Section):
     @model_validator(mode="after")
     def _cross(self):
         for name, seq in [("pretrain.seq_len", self.pretrain.seq_len), ("midtrain.seq_len", self.midtrain.seq_len),
-                          ("sft.max_length", self.sft.max_length)]:
+                          *[(f"{k}.max_length", getattr(self, k).max_length) for k in ("sft", "lora", "reward", "dpo")],
+                          ("rl.max_completion_length", self.rl.max_completion_length)]:
             if seq > self.model.max_seq_len:
                 raise ValueError(f"{name} ({seq}) is above model.max_seq_len ({self.model.max_seq_len})")
         return self

@@ -130,3 +130,13 @@ def evaluate_model(name: str, model_dir: Path, tokens: Path, tokenizer_dir: Path
         rows += acc
         out += chat
     return {"model": name, "rows": rows, "samples": out}
+
+
+def evaluate_reward(name: str, model_dir: Path, pairs: list[dict], e: Evaluate, device) -> dict:
+    """The reward model's pairwise accuracy on held-out preference pairs (chance: 0.5)."""
+    from gptpipe.post import reward
+
+    tok, model = reward.load(model_dir)
+    acc, n = reward.pairwise_accuracy(model, tok, pairs, device, batch=e.batch_size)
+    return {"model": name, "rows": [row(name, "prefs", "pairwise_accuracy", acc, n, math.sqrt(acc * (1 - acc) / n))],
+            "samples": []}

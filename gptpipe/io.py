@@ -10,6 +10,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from gptpipe.errors import UserError
+
 METRICS, PLOTS, LOGS = Path("metrics"), Path("plots"), Path("logs")
 
 
@@ -52,6 +54,20 @@ def write_json(path: str | Path, obj) -> Path:
 
 def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
+
+
+def read_jsonl(path: str | Path, keys: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of a JSON-lines file made by the tasks stage; every row must have `keys`."""
+    try:
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read ({e}); rerun `dvc repro tasks`") from None
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict) or not set(keys) <= r.keys()), None)
+    if not rows or bad is not None:
+        where = "it is empty" if not rows else f"line {bad + 1} lacks one of them"
+        raise UserError(f"{path}: expected JSON lines with {', '.join(keys) or 'rows'}, but {where}; "
+                        "rerun `dvc repro tasks`")
+    return rows
 
 
 def write_metrics(stage: str, metrics: dict) -> Path:

@@ -15,15 +15,9 @@ from gptpipe import loop
 from gptpipe.config import Params
 from gptpipe.dist import Proc
 from gptpipe.errors import UserError
+from gptpipe.io import read_jsonl
 from gptpipe.model import flops_per_token, save
 from gptpipe.shards import Shards, sample_windows
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    try:
-        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read ({e}); rerun `dvc repro tasks`") from None
 
 
 def chat_stream(tok, conversations: list[dict]) -> np.ndarray:
@@ -49,7 +43,7 @@ def run(p: Params, proc: Proc, *, base: Path, tokens: Path, conversations: Path,
     if model.config.vocab_size != corpus.vocab_size:
         raise UserError(f"{base} has a {model.config.vocab_size}-token vocabulary but {tokens} has "
                         f"{corpus.vocab_size}: rerun `dvc repro pretrain`")
-    chat = chat_stream(tok, read_jsonl(conversations))
+    chat = chat_stream(tok, read_jsonl(conversations, keys=("messages",)))
     n_chat = round(t.batch_size * t.chat_fraction)
     if proc.main:
         print(f"midtrain: {len(chat):,} chat tokens, {corpus.tokens:,} corpus tokens; {n_chat} of "

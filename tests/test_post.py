@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from gptpipe import dist, evaluate, midtrain, tasks
 from gptpipe.config import Device
+from gptpipe.io import read_jsonl
 from gptpipe.model import llama_config, save
 from gptpipe.post import sft
 
@@ -35,7 +36,7 @@ def chat(tmp_path_factory):
 
 def test_chat_stream_renders_every_conversation(base, chat):
     tok = AutoTokenizer.from_pretrained(base)
-    rows = midtrain.read_jsonl(chat / "sft.jsonl")
+    rows = read_jsonl(chat / "sft.jsonl")
     stream = midtrain.chat_stream(tok, rows)
     assert (stream == tok.bos_token_id).sum() == len(rows)
     assert tok.decode(stream[:30]).startswith("<|bos|><|user_start|>Repeat the word: ")
@@ -50,9 +51,10 @@ def test_midtrain_mixes_chat_into_the_loop(micro_data, base, chat, tmp_path, mon
     assert AutoModelForCausalLM.from_pretrained(tmp_path).config.model_type == "llama"
 
 
-def test_sft_labels_only_the_assistant_reply(micro_data, base, chat, tmp_path):
+def test_sft_labels_only_the_assistant_reply(micro_data, base, chat, tmp_path, monkeypatch):
     p, _ = micro_data
-    trainer = sft.make_trainer(p.sft, p.wandb, policy=base, conversations=chat / "sft.jsonl", scratch=str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    trainer = sft.make_trainer(p.sft, p.wandb, policy=base, conversations=chat / "sft.jsonl")
     batch = next(iter(trainer.get_train_dataloader()))
     tok = trainer.processing_class
     for ids, labels in zip(batch["input_ids"], batch["labels"]):
@@ -71,10 +73,110 @@ def test_sft_learns_and_is_scored_by_exact_match(micro_data, base, chat, tmp_pat
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
     tok = AutoTokenizer.from_pretrained(tmp_path / "sft")
     train_rows = [{"task": "copy", "prompt": r["prompt"], "answer": r["answer"]}
-                  for r in midtrain.read_jsonl(chat / "rl.jsonl")]
+                  for r in read_jsonl(chat / "rl.jsonl")]
     rows, samples = evaluate.task_accuracy(model, tok, train_rows, "cpu", "sft")
     before, _ = evaluate.task_accuracy(AutoModelForCausalLM.from_pretrained(base), tok, train_rows, "cpu", "base")
     after = {r["task"]: r for r in rows}
     assert after["tasks"]["n"] == len(train_rows) and after["copy"]["stderr"] is not None
     assert before[-1]["value"] == 0 and after["copy"]["value"] >= 0.25  # it learned to copy
     assert samples[0]["model"] == "sft"
+
+
+# ---------------------------------------------------------------- lora, reward, dpo, rl
+@pytest.fixture
+def cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # trainers write plots/ and checkpoints/ relative to the workspace
+    return tmp_path
+
+
+def test_lora_saves_an_adapter_peft_reloads_and_a_merged_model(micro_data, base, chat, cwd):
+    from peft import PeftModel
+
+    from gptpipe.post import lora
+
+    p, _ = micro_data
+    m = lora.train(p.lora, p.wandb, policy=base, conversations=chat / "sft.jsonl", out=cwd / "lora")
+    assert 0 < m["trainable_params"] < m["total_params"] and m["trainable_fraction"] < 0.2
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), cwd / "lora/adapter")
+    merged = AutoModelForCausalLM.from_pretrained(cwd / "lora/merged")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(adapted(ids).logits, merged(ids).logits, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(AutoModelForCausalLM.from_pretrained(base)(ids).logits, merged(ids).logits)
+
+
+def test_reward_model_learns_to_rank_the_pairs(micro_data, base, chat, cwd):
+    from transformers import AutoModelForSequenceClassification
+
+    from gptpipe.post import reward
+
+    p, _ = micro_data
+    pairs = read_jsonl(chat / "prefs_train.jsonl")
+    tok, untrained = reward.load(base)
+    before, n = reward.pairwise_accuracy(untrained, tok, pairs, "cpu")
+    s = p.reward.model_copy(update={"epochs": 20, "lr": 0.005, "batch_size": 8})
+    m = reward.train(s, p.wandb, policy=base, pairs=chat / "prefs_train.jsonl", out=cwd / "rm")
+    assert type(AutoModelForSequenceClassification.from_pretrained(cwd / "rm")).__name__ == "LlamaForSequenceClassification"
+    after, _ = reward.pairwise_accuracy(*reversed(reward.load(cwd / "rm")), pairs, "cpu")
+    assert n == len(pairs) and after >= 0.8 > before and m["steps"] > 0
+
+
+def test_dpo_moves_probability_towards_the_chosen_replies(micro_data, base, chat, cwd):
+    from gptpipe.post import dpo
+
+    p, _ = micro_data
+    pairs = read_jsonl(chat / "prefs_train.jsonl")
+
+    def margin(model_dir) -> float:  # mean log p(chosen) - log p(rejected) of the reply tokens
+        tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
+        total = 0.0
+        for r in pairs[:20]:
+            for sign, side in ((1, "chosen"), (-1, "rejected")):
+                ids = lambda msgs, **kw: tok(tok.apply_chat_template(msgs, tokenize=False, **kw),
+                                             add_special_tokens=False).input_ids
+                prompt, full = ids(r["prompt"], add_generation_prompt=True), ids(r["prompt"] + r[side])
+                logp = model(torch.tensor([full])).logits[0, :-1].log_softmax(-1)
+                total += sign * sum(logp[i - 1, full[i]].item() for i in range(len(prompt), len(full)))
+        return total / 20
+
+    s = p.dpo.model_copy(update={"epochs": 5, "lr": 0.005, "batch_size": 8})
+    m = dpo.train(s, p.wandb, policy=base, pairs=chat / "prefs_train.jsonl", out=cwd / "dpo")
+    assert margin(cwd / "dpo") > margin(base) + 1 and m["reward_accuracy"] is not None
+
+
+def test_checker_reward_scores_the_reply_by_exact_match():
+    from gptpipe.post.rl import checker
+
+    done = [[{"role": "assistant", "content": "blue"}], [{"role": "assistant", "content": "blue.\nmore"}],
+            [{"role": "assistant", "content": "red"}]]
+    assert checker(done, answer=["blue", "blue", "blue"]) == [1.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_rl_trains_with_reward_model_and_checker_and_logs_kl_and_clipping(micro_data, base, chat, cwd, algorithm):
+    from gptpipe.post import rl
+
+    p, _ = micro_data
+    s = p.rl.model_copy(update={"algorithm": algorithm, "epochs": 0.5})  # 5 steps: one logged
+    m = rl.train(s, p.wandb, policy=base, reward_model=base, prompts=chat / "rl.jsonl", out=cwd / "rl")
+    assert m["algorithm"] == algorithm and m["steps"] > 0 and m["kl_last"] is not None
+    assert m["reward_last"] is not None and (m["clip_ratio_last"] is not None or algorithm == "rloo")
+    assert "reward" in (cwd / "plots/rl.csv").read_text().splitlines()[0]
+    assert AutoModelForCausalLM.from_pretrained(cwd / "rl").config.model_type == "llama"
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"rl": {"num_generations": 3}}, "multiple of num_generations"),
+    ({"rl": {"reward_weights": {"model": 0, "checker": 0}}}, "rl.reward_weights"),
+    ({"rl": {"algorithm": "ppo"}}, "rl.algorithm"),
+    ({"dpo": {"beta": 0}}, "dpo.beta"),
+    ({"lora": {"target_modules": []}}, "lora.target_modules"),
+    ({"reward": {"max_length": 4096}}, "reward.max_length (4096) is above model.max_seq_len"),
+])
+def test_post_training_params_are_validated(change, words):
+    from gptpipe.config import deep_merge, read_yaml, validate
+    from gptpipe.errors import UserError
+    from conftest import REPO
+
+    with pytest.raises(UserError) as e:
+        validate(deep_merge(read_yaml(REPO / "params.yaml"), change))
+    assert words in str(e.value)

@@ -9,7 +9,7 @@ import pytest
 from conftest import make_workspace, sh
 
 pytestmark = pytest.mark.e2e
-ALL = ["download", "tasks", "tokenize", "pretrain", "midtrain", "sft", "evaluate", "report"]
+ALL = ["download", "tasks", "tokenize", "pretrain", "midtrain", "sft", "lora", "reward", "dpo", "rl", "evaluate", "report"]
 
 
 def ran(out: str) -> list[str]:
@@ -28,7 +28,9 @@ def test_repro_builds_everything(built):
     assert sorted(ran(out)) == sorted(ALL) and ran(out)[-1] == "report"
     for path in ["data/raw/corpus/train.parquet", "data/tokenizer/tokenizer.json", "data/tokens/meta.json", "data/raw/tasks/sft.jsonl",
                  "models/base/model.safetensors", "models/base/config.json", "models/mid/model.safetensors",
-                 "models/sft/model.safetensors", "reports/eval/sft.json", "reports/eval/base.json",
+                 "models/sft/model.safetensors", "models/lora/adapter/adapter_config.json", "models/lora/merged/config.json",
+                 "models/reward/model.safetensors", "models/dpo/model.safetensors", "models/rl/model.safetensors",
+                 "reports/eval/sft.json", "reports/eval/base.json", "reports/eval/rl.json", "reports/eval/reward.json",
                  "reports/gptpipe.duckdb", "reports/index.html", "reports/report.md", "plots/pretrain.csv"]:
         assert (ws / path).exists(), path
     for stage in ALL[:-1]:
@@ -46,6 +48,14 @@ def test_model_beats_unigram_and_loads_with_stock_classes(built):
             "m = AutoModelForCausalLM.from_pretrained('models/base'); t = T.from_pretrained('models/base');"
             "ids = t('def ', return_tensors='pt').input_ids; print(type(m).__name__, m.generate(ids, max_new_tokens=3).shape)")
     assert "LlamaForCausalLM" in sh([sys.executable, "-c", code], ws).stdout
+    code = ("from transformers import AutoModelForCausalLM as C, AutoModelForSequenceClassification as S;"
+            "from peft import PeftModel;"
+            "print([type(C.from_pretrained(f'models/{m}')).__name__ for m in ('mid', 'sft', 'lora/merged', 'dpo', 'rl')],"
+            "type(S.from_pretrained('models/reward')).__name__,"
+            "type(PeftModel.from_pretrained(C.from_pretrained('models/sft'), 'models/lora/adapter')).__name__)")
+    out = sh([sys.executable, "-c", code], ws).stdout
+    assert out.count("LlamaForCausalLM") == 5 and "LlamaForSequenceClassification" in out and "PeftModelForCausalLM" in out
+    assert 0 <= m["reward_prefs_pairwise_accuracy"] <= 1 and "rl_tasks_accuracy" in m
 
 
 def test_second_repro_does_nothing(built):
@@ -57,8 +67,14 @@ def test_second_repro_does_nothing(built):
 def test_pretrain_param_reruns_only_downstream(built):
     ws, _ = built
     out = sh([sys.executable, "-m", "gptpipe.cli", "run", "--set", "pretrain.lr=0.002"], ws).stdout
-    assert ran(out) == ["pretrain", "midtrain", "sft", "evaluate", "report"]
+    assert ran(out) == ["pretrain", "midtrain", "sft", "lora", "reward", "dpo", "rl", "evaluate", "report"]
     assert "lr: 0.002" in (ws / "params.yaml").read_text()
+
+
+def test_dpo_beta_reruns_dpo_and_downstream_only(built):
+    ws, _ = built
+    out = sh([sys.executable, "-m", "gptpipe.cli", "run", "--set", "dpo.beta=0.2"], ws).stdout
+    assert ran(out) == ["dpo", "evaluate", "report"]
 
 
 def test_single_stage_rerun(built):
@@ -74,10 +90,15 @@ def test_bad_param_fails_before_work_and_keeps_outputs(built):
     r = sh([sys.executable, "-m", "gptpipe.cli", "run", "--set", "model.n_head=3"], ws, check=False)
     assert r.returncode == 2 and "model" in r.stderr and "must divide" in r.stderr
     assert "n_head: 3" not in (ws / "params.yaml").read_text()
-    (ws / "params.yaml").write_text((ws / "params.yaml").read_text().replace("lr: 0.002", "lr: -1"))
-    r = sh(["dvc", "repro"], ws, check=False)
+    good = (ws / "params.yaml").read_text()
+    (ws / "params.yaml").write_text(good.replace("lr: 0.002", "lr: -1"))
+    try:
+        r = sh(["dvc", "repro"], ws, check=False)
+    finally:
+        (ws / "params.yaml").write_text(good)
     assert r.returncode != 0 and "pretrain.lr" in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
     assert (ws / "models/base/model.safetensors").read_bytes() == before
+    assert (ws / "metrics/pretrain.json").exists()  # a failed stage keeps its previous metrics too
 
 
 @pytest.mark.parametrize("profile", ["gpu-1x", "speedrun-8xh100"])

@@ -1,0 +1,32 @@
+"""LoRA: low-rank adapters on the frozen SFT model, trained with SFTTrainer through PEFT.
+
+Saves the adapter (`PeftModel.from_pretrained(sft, "models/lora/adapter")`) and the adapter merged into
+the weights (`models/lora/merged`, a stock HF dir that anything loads without PEFT).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gptpipe.config import LoRA, Wandb
+from gptpipe.post import sft
+from gptpipe.post.common import fit, logged
+
+
+def train(s: LoRA, wb: Wandb, *, policy: Path, conversations: Path, out: Path) -> dict:
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, task_type="CAUSAL_LM",
+                             target_modules=s.target_modules[0] if s.target_modules == ["all-linear"] else s.target_modules)
+    trainer = sft.make_trainer(s, wb, policy=policy, conversations=conversations, stage="lora", peft_config=peft_config)
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    print(f"lora: {trainable:,} trainable of {total:,} params ({100 * trainable / total:.2f}%)")
+    metrics = fit(trainer, "lora")
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(out / "adapter")
+        merged = trainer.model.merge_and_unload()
+        merged.save_pretrained(out / "merged")
+        for d in ("adapter", "merged"):
+            trainer.processing_class.save_pretrained(out / d)
+    return {**metrics, "trainable_params": trainable, "total_params": total,
+            "trainable_fraction": round(trainable / total, 5), "mean_token_accuracy": logged(trainer, "mean_token_accuracy")}

@@ -1,0 +1,53 @@
+"""The reward model: the SFT model with a scalar head, trained by TRL's RewardTrainer on preference pairs.
+
+Bradley-Terry loss: the chosen reply should score above the rejected one. The stage saves a stock
+`AutoModelForSequenceClassification` dir; evaluate measures its pairwise accuracy on held-out pairs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gptpipe.config import Reward, Wandb
+from gptpipe.post.common import dataset, fit, logged, save, trainer_args
+
+PAIRS = ("prompt", "chosen", "rejected")
+
+
+def load(path: Path):
+    """A reward model (or the SFT model it starts from) as a 1-label sequence classifier and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id  # the score is read at the last token before the padding
+    return tok, model
+
+
+def train(s: Reward, wb: Wandb, *, policy: Path, pairs: Path, out: Path) -> dict:
+    from trl import RewardConfig, RewardTrainer
+
+    tok, model = load(policy)
+    cfg = RewardConfig(**trainer_args(s, wb, "reward"), max_length=s.max_length)
+    trainer = RewardTrainer(model=model, args=cfg, train_dataset=dataset(pairs, PAIRS), processing_class=tok)
+    metrics = fit(trainer, "reward")
+    save(trainer, out)
+    return {**metrics, "train_pair_accuracy": logged(trainer, "accuracy")}
+
+
+@torch.no_grad()
+def pairwise_accuracy(model, tok, rows: list[dict], device, batch: int = 32) -> tuple[float, int]:
+    """Share of pairs whose chosen reply outscores the rejected one."""
+    model.to(device).eval()
+    tok.padding_side = "right"
+    wins = 0
+    for i in range(0, len(rows), batch):
+        chunk = rows[i:i + batch]
+        texts = [tok.apply_chat_template(r["prompt"] + r[side], tokenize=False) for side in ("chosen", "rejected")
+                 for r in chunk]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        scores = model(**enc).logits[:, 0]
+        wins += (scores[:len(chunk)] > scores[len(chunk):]).sum().item()
+    return wins / len(rows), len(rows)

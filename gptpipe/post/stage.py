@@ -1,0 +1,37 @@
+"""The body of every TRL stage: params, inputs checked, torchrun when asked, an atomic output, metrics."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from gptpipe import dist
+from gptpipe.config import load_params
+from gptpipe.errors import UserError, require_file
+from gptpipe.io import atomic_dir, write_metrics
+
+
+def run(stage: str, train, **inputs: tuple[str, str]) -> None:
+    """models/<stage> = train(params.<stage>, params.wandb, out=..., **{name: path}).
+
+    `inputs` maps a train() argument to (path, the stage that makes it); all are checked before any work.
+    """
+    p = load_params()
+    section = getattr(p, stage)
+    if p.device.type == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first looks for a GPU: TRL follows torch
+    elif p.device.type == "cuda" and not dist.torch.cuda.is_available():
+        raise UserError("device.type is cuda but no CUDA GPU is visible: set device.type to auto or cpu")
+    paths = {name: require_file(path, made_by=by) for name, (path, by) in inputs.items()}
+    dist.relaunch_under_torchrun(section.nproc)  # the trainer joins the process group torchrun sets up
+    t0 = time.perf_counter()
+    if int(os.environ.get("RANK", 0)):  # only rank 0 writes the model and the metrics
+        with tempfile.TemporaryDirectory() as out:
+            train(section, p.wandb, out=Path(out), **paths)
+        return
+    with atomic_dir(f"models/{stage}") as out:
+        metrics = train(section, p.wandb, out=out, **paths)
+    write_metrics(stage, {**metrics, "elapsed_s": round(time.perf_counter() - t0, 2),
+                          "device": "cuda" if dist.torch.cuda.is_available() else "cpu"})
