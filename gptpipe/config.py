@@ -43,14 +43,67 @@ class Data(Section):
 
 
 # ---------------------------------------------------------------- chat tasks
+class HFChatSource(Section):
+    """One `datasets.load_dataset(path, name, split=, data_files=, streaming=)` call, capped at max_rows."""
+    path: str                       # dataset name on the hub, or a builder ("parquet", "json") with data_files
+    name: str | None
+    split: str
+    data_files: str | list[str] | None
+    streaming: bool
+    max_rows: int | None = Field(gt=0)   # null = every row
+
+
+class HFSFT(HFChatSource):
+    messages_field: str             # a list of {role, content} messages (system/user/assistant)
+
+
+class HFPrefs(HFChatSource):
+    prompt_field: str | None        # null: chosen/rejected are whole conversations; the last message is the reply
+    chosen_field: str
+    rejected_field: str
+    heldout_fraction: float = Field(gt=0, lt=1)   # share of prompts (by a hash of their text) kept for held-out
+
+
+class HFRL(HFChatSource):
+    question_field: str
+    answer_field: str
+    answer_pattern: str             # regex finding the final answer in answer_field; its group 1 if it has one
+    heldout_fraction: float = Field(gt=0, lt=1)   # share of questions (by a hash) kept for eval.jsonl
+
+    @model_validator(mode="after")
+    def _pattern(self):
+        import re
+        try:
+            re.compile(self.answer_pattern)
+        except re.error as e:
+            raise ValueError(f"answer_pattern '{self.answer_pattern}' is not a valid regular expression: {e}")
+        return self
+
+
+class TasksHF(Section):
+    sft: HFSFT                      # -> sft.jsonl
+    prefs: HFPrefs                  # -> prefs_train.jsonl, prefs_heldout.jsonl
+    rl: HFRL                        # -> rl.jsonl, eval.jsonl
+
+
 class Tasks(Section):
-    """The synthetic chat tasks (gptpipe/tasks.py) behind SFT, preferences, RL and evaluation."""
+    """The chat sets behind SFT, preferences, RL and evaluation: synthetic (gptpipe/tasks.py) or from
+    Hugging Face datasets (gptpipe/chat_data.py)."""
+    source: Literal["synthetic", "hf"]
     names: list[Literal["compare", "copy", "last_word", "add", "reverse"]] = Field(min_length=1)
     train_per_task: int = Field(ge=1)
     heldout_per_task: int = Field(ge=1)
     heldout_fraction: float = Field(gt=0, lt=1)   # share of each task's question space kept for held-out
     multi_turn: float = Field(ge=0, le=1)         # share of SFT conversations with a second exchange
-    seed: int
+    seed: int                                     # also seeds the hf held-out hash split
+    hf: TasksHF | None = None                     # required when source is hf
+
+    @model_validator(mode="after")
+    def _hf(self):
+        if self.source == "hf" and self.hf is None:
+            raise ValueError("tasks.source is hf but tasks.hf is not set: describe the sft, prefs and rl "
+                             "datasets under tasks.hf (see the commented example in params.yaml)")
+        return self
 
 
 # ---------------------------------------------------------------- tokenizer

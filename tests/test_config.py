@@ -1,5 +1,6 @@
 """params.yaml loading: the shipped files validate; every bad input names its key."""
 
+import re
 import subprocess
 import sys
 
@@ -44,6 +45,8 @@ def test_depth_rule_and_overrides():
     (["data.val_fraction=0.9"], "data.val_fraction", "less than 0.5"),
     (["tokenizer.vocab_size=100"], "tokenizer.vocab_size", "greater than or equal to 512"),
     (["evaluate.prompts=[]"], "evaluate.prompts", "at least 1"),
+    (["tasks.source=web"], "tasks.source", "'synthetic' or 'hf'"),
+    (["tasks.source=hf"], "tasks", "tasks.hf is not set"),
 ])
 def test_bad_values_name_the_key(sets, key, words):
     with pytest.raises(UserError) as e:
@@ -62,6 +65,28 @@ def test_missing_key_and_bad_yaml(tmp_path):
         load_params(f)
     with pytest.raises(UserError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_tasks_hf_section():
+    src = {"name": None, "split": "train", "data_files": "/data/x.jsonl", "streaming": False, "max_rows": 10}
+    hf = {"sft": src | {"path": "json", "messages_field": "messages"},
+          "prefs": src | {"path": "json", "prompt_field": None, "chosen_field": "chosen", "rejected_field": "rejected",
+                          "heldout_fraction": 0.1},
+          "rl": src | {"path": "json", "question_field": "question", "answer_field": "answer",
+                       "answer_pattern": "####\\s*(.+)", "heldout_fraction": 0.1}}
+    r = raw()
+    r["tasks"] |= {"source": "hf", "hf": hf}
+    assert validate(r).tasks.hf.rl.answer_pattern == "####\\s*(.+)"
+    for path, value, words in [(("rl", "answer_regex"), "x", "tasks.hf.rl.answer_regex: unknown key"),
+                               (("rl", "answer_pattern"), "####(", "tasks.hf.rl: answer_pattern '####(' is not a valid"),
+                               (("prefs", "heldout_fraction"), 1.5, "tasks.hf.prefs.heldout_fraction"),
+                               (("sft", "max_rows"), 0, "tasks.hf.sft.max_rows")]:
+        bad = deep_merge(r, {"tasks": {"hf": {path[0]: {path[1]: value}}}})
+        with pytest.raises(UserError, match=re.escape(words)):
+            validate(bad)
+    del r["tasks"]["hf"]["sft"]["messages_field"]
+    with pytest.raises(UserError, match="tasks.hf.sft.messages_field: missing key"):
+        validate(r)
 
 
 def test_parse_set():

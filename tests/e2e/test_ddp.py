@@ -12,13 +12,16 @@ pytestmark = pytest.mark.e2e
 PROBE = Path(__file__).with_name("ddp_probe.py")
 
 
-def test_pretrain_stage_under_torchrun(tmp_path):
-    ws = make_workspace(tmp_path / "ws", sets=("pretrain.nproc=2", "pretrain.total_batch_tokens=1024"))
-    r = sh(["dvc", "repro", "pretrain"], ws)
-    assert "launching 2 processes: torchrun" in r.stdout
+def test_pretrain_and_a_trl_stage_under_torchrun(tmp_path):
+    ws = make_workspace(tmp_path / "ws", sets=("pretrain.nproc=2", "pretrain.total_batch_tokens=1024", "sft.nproc=2"))
+    r = sh(["dvc", "repro", "sft"], ws)
+    assert r.stdout.count("launching 2 processes: torchrun") == 2
     m = json.loads((ws / "metrics/pretrain.json").read_text())
     assert m["processes"] == 2 and m["steps"] == 40 and m["val_loss"] > 0
     assert (ws / "models/base/model.safetensors").exists()
+    # The HF Trainer joins torchrun's process group: each rank takes half of every epoch.
+    m = json.loads((ws / "metrics/sft.json").read_text())
+    assert m["steps"] == -(-m["examples"] // (16 * 2)) and (ws / "models/sft/model.safetensors").exists()
 
 
 def probe(micro_data, out: Path, steps: int, crash_at: int | None = None):
