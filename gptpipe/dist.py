@@ -43,11 +43,16 @@ def relaunch_under_torchrun(nproc: int) -> None:
         os.execvp("torchrun", args)
 
 
-def setup(d: Device) -> Proc:
-    """Pick the device and join the process group if launched by torchrun."""
+def wants_cuda(d: Device) -> bool:
+    """Whether device params pick CUDA here; asking for cuda where none is visible is an error."""
     if d.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device.type is cuda but no CUDA GPU is visible: set device.type to auto or cpu")
-    use_cuda = d.type == "cuda" or (d.type == "auto" and torch.cuda.is_available())
+    return d.type == "cuda" or (d.type == "auto" and torch.cuda.is_available())
+
+
+def setup(d: Device) -> Proc:
+    """Pick the device and join the process group if launched by torchrun."""
+    use_cuda = wants_cuda(d)
     if d.threads and not use_cuda:
         torch.set_num_threads(d.threads)
     world = int(os.environ.get("WORLD_SIZE", 1))

@@ -13,6 +13,7 @@ with user_errors("evaluate"):
     from gptpipe.errors import require_file
     from gptpipe.evaluate import evaluate_model, evaluate_reward
     from gptpipe.io import atomic_dir, read_jsonl, write_json, write_metrics
+    from gptpipe.post.common import PAIRS
 
     # model -> (its directory, the stage that makes it)
     MODELS = {"base": ("models/base", "pretrain"), "mid": ("models/mid", "midtrain"), "sft": ("models/sft", "sft"),
@@ -23,7 +24,7 @@ with user_errors("evaluate"):
     tokens = require_file("data/tokens", made_by="tokenize")
     tokenizer = require_file("data/tokenizer", made_by="tokenize")
     task_rows = read_jsonl(require_file("data/raw/tasks/eval.jsonl", made_by="tasks"), ("task", "prompt", "answer"))
-    pairs = read_jsonl(require_file("data/raw/tasks/prefs_heldout.jsonl", made_by="tasks"), ("prompt", "chosen", "rejected"))
+    pairs = read_jsonl(require_file("data/raw/tasks/prefs_heldout.jsonl", made_by="tasks"), PAIRS)
     proc = dist.setup(p.device)
     t0 = time.perf_counter()
     results = [evaluate_model(m, d, tokens, tokenizer, p.evaluate, proc.device, task_rows, unigram=m == "base")

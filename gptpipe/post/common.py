@@ -11,6 +11,8 @@ import torch
 from gptpipe.config import Post, Wandb
 from gptpipe.io import read_jsonl, write_plot
 
+PAIRS = ("prompt", "chosen", "rejected")  # the columns of the tasks stage's preference pairs
+
 
 def load_policy(path: Path):
     """The tokenizer and a causal LM in fp32 (on CUDA the trainer's bf16 autocast takes over)."""

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptpipe.config import DPO, Wandb
-from gptpipe.post.common import dataset, fit, load_policy, logged, save, trainer_args
-from gptpipe.post.reward import PAIRS
+from gptpipe.post.common import PAIRS, dataset, fit, load_policy, logged, save, trainer_args
 
 
 def train(s: DPO, wb: Wandb, *, policy: Path, pairs: Path, out: Path) -> dict:

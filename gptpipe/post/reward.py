@@ -11,9 +11,7 @@ from pathlib import Path
 import torch
 
 from gptpipe.config import Reward, Wandb
-from gptpipe.post.common import dataset, fit, logged, save, trainer_args
-
-PAIRS = ("prompt", "chosen", "rejected")
+from gptpipe.post.common import PAIRS, dataset, fit, logged, save, trainer_args
 
 
 def load(path: Path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gptpipe import dist
 from gptpipe.config import load_params
-from gptpipe.errors import UserError, require_file
+from gptpipe.errors import require_file
 from gptpipe.io import atomic_dir, write_metrics
 
 
@@ -20,10 +20,9 @@ def run(stage: str, train, **inputs: tuple[str, str]) -> None:
     """
     p = load_params()
     section = getattr(p, stage)
-    if p.device.type == "cpu":
+    cuda = dist.wants_cuda(p.device)
+    if not cuda:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first looks for a GPU: TRL follows torch
-    elif p.device.type == "cuda" and not dist.torch.cuda.is_available():
-        raise UserError("device.type is cuda but no CUDA GPU is visible: set device.type to auto or cpu")
     paths = {name: require_file(path, made_by=by) for name, (path, by) in inputs.items()}
     dist.relaunch_under_torchrun(section.nproc)  # the trainer joins the process group torchrun sets up
     t0 = time.perf_counter()
@@ -34,4 +33,4 @@ def run(stage: str, train, **inputs: tuple[str, str]) -> None:
     with atomic_dir(f"models/{stage}") as out:
         metrics = train(section, p.wandb, out=out, **paths)
     write_metrics(stage, {**metrics, "elapsed_s": round(time.perf_counter() - t0, 2),
-                          "device": "cuda" if dist.torch.cuda.is_available() else "cpu"})
+                          "device": "cuda" if cuda else "cpu"})
