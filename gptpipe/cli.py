@@ -52,6 +52,13 @@ def main(argv: list[str] | None = None) -> None:
     wk = sub.add_parser("worker", help="start a Prefect process worker on a work pool, running flows from this checkout")
     wk.add_argument("--pool", required=True, help="e.g. gptpipe-cpu, gptpipe-gpu")
 
+    hn = sub.add_parser("harness", help="run lm-evaluation-harness tasks on an HF model dir; rows go to the next report")
+    hn.add_argument("model", help="an HF model directory, e.g. export/hf or models/sft")
+    hn.add_argument("--tasks", required=True, help="comma-separated lm_eval task names")
+    hn.add_argument("--include-path", help="a folder of your own task YAMLs (local data files)")
+    hn.add_argument("--limit", type=int, help="at most this many examples per task")
+    hn.add_argument("--device", default="cpu")
+
     args = ap.parse_args(argv)
     with user_errors("gptpipe"):
         if args.cmd == "run":
@@ -68,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
             cmd_deploy(args)
         elif args.cmd == "worker":
             cmd_worker(args)
+        elif args.cmd == "harness":
+            cmd_harness(args)
 
 
 def cmd_run(args) -> None:
@@ -136,6 +145,10 @@ def prefect_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # stages need this venv
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline by default, like the rest of gptpipe
+    # Whatever Prefect serves is reachable from this machine only unless the user says otherwise: the API has
+    # no auth by default, and a worker's health server would listen on every interface (0.0.0.0).
+    env.setdefault("PREFECT_SERVER_API_HOST", "127.0.0.1")
+    env.setdefault("PREFECT_WORKER_WEBSERVER_HOST", "127.0.0.1")
     # Without PREFECT_API_URL a flow run starts a temporary server: ~16 s on 2 cores, close to the 20 s limit.
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     return env
@@ -184,3 +197,19 @@ def cmd_worker(args) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def cmd_harness(args) -> None:
+    """reports/harness/<name>.json in the evaluate stage's format; the report stage adds them to the run."""
+    from gptpipe import harness
+    from gptpipe.io import write_json
+    from gptpipe.report.card import fmt
+
+    name = Path(args.model).resolve().name
+    name = "export" if name == "hf" else name
+    rows = [r | {"model": name} for r in harness.run(args.model, [t for t in args.tasks.split(",") if t],
+                                                    args.include_path, args.limit, device=args.device)]
+    path = write_json(Path("reports/harness") / f"{name}.json", {"model": name, "rows": rows, "samples": []})
+    for r in rows:
+        print(f"{r['task']:<24} {r['metric']:<16} {fmt(r['value'])} ± {fmt(r['stderr'])}  (n={r['n']})")
+    print(f"harness: {path}; `gptpipe run report --single --force` adds it to the report")

@@ -1,4 +1,4 @@
-"""Evaluation: validation bits-per-byte against a unigram baseline, and generated samples.
+"""Evaluation: validation bits-per-byte against a unigram baseline, task accuracy, samples.
 
 Bits-per-byte is tokenizer-independent (nanochat's definition): the summed next-token loss in nats
 over the summed UTF-8 bytes of the target tokens, divided by ln 2. Special tokens stand for no text,
@@ -8,18 +8,33 @@ so targets that are special tokens count neither nats nor bytes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptpipe import choice
 from gptpipe.config import Evaluate
+from gptpipe.model import load_pretrained
 from gptpipe.shards import Shards
 
 
 def row(model: str, task: str, metric: str, value: float, n: int, stderr: float | None = None) -> dict:
     return {"model": model, "task": task, "metric": metric, "value": value, "n": n, "stderr": stderr}
+
+
+def rate_rows(model: str, metric: str, hits: dict[str, list[bool]], overall: str | None = "tasks") -> list[dict]:
+    """A rate per task with its binomial standard error, and over all tasks as `overall`."""
+    def rate(task: str, h: list[bool]) -> dict:
+        p = sum(h) / len(h)
+        return row(model, task, metric, p, len(h), math.sqrt(p * (1 - p) / len(h)))
+
+    rows = [rate(t, h) for t, h in sorted(hits.items())]
+    if overall and hits:
+        rows.append(rate(overall, [x for h in hits.values() for x in h]))
+    return rows
 
 
 def bpb_model(model, val: Shards, token_bytes: torch.Tensor, e: Evaluate, device) -> tuple[float, int]:
@@ -95,40 +110,56 @@ def task_accuracy(model, tok, rows: list[dict], device, name: str, batch: int = 
             correct.setdefault(r["task"], []).append(check(reply, r["answer"]))
             if len(samples) < 8:
                 samples.append({"model": name, "prompt": r["prompt"][-1]["content"], "completion": reply})
-
-    def acc_row(task: str, hits: list[bool]) -> dict:
-        p = sum(hits) / len(hits)
-        return row(name, task, "accuracy", p, len(hits), math.sqrt(p * (1 - p) / len(hits)))
-
-    rows_out = [acc_row(t, hits) for t, hits in sorted(correct.items())]
-    rows_out.append(acc_row("tasks", [h for hits in correct.values() for h in hits]))
-    return rows_out, samples
+    return rate_rows(name, "accuracy", correct), samples
 
 
-def evaluate_model(name: str, model_dir: Path, tokens: Path, tokenizer_dir: Path, e: Evaluate, device,
-                   task_rows: list[dict] | None = None, unigram: bool = False) -> dict:
-    """Eval rows and samples of one model: val bits-per-byte, held-out task accuracy, free samples.
+@dataclass
+class Suite:
+    """What every model is scored on, prepared once: the same questions and bytes for all."""
+    e: Evaluate
+    val: Shards
+    train: Shards
+    token_bytes: torch.Tensor
+    tasks: list[dict]             # held-out task rows: generated answers, exact match
+    choice: list[choice.Item]     # multiple-choice questions: held-out tasks and val cloze
 
-    With `unigram`, the unigram baseline's bits-per-byte on the same bytes comes along as its own row.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+def suite(e: Evaluate, tokens: Path, tokenizer_dir: Path, task_rows: list[dict], pairs: list[dict]) -> Suite:
+    """The evaluation suite; `pairs` (held-out preference pairs) give each task question its plausible wrong answer."""
+    from transformers import AutoTokenizer
 
     from gptpipe import tokenizer as tokenization
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     val = Shards(tokens, "val")
-    tb = torch.tensor(tokenization.token_bytes(tokenization.load(tokenizer_dir)))
-    bpb, nbytes = bpb_model(model, val, tb, e, device)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    wrong = {p["prompt"][-1]["content"]: p["rejected"][-1]["content"] for p in pairs}
+    items = choice.chat_items(tok, task_rows, wrong, e.choice_items, e.choices, e.seed) + \
+        choice.cloze_items(val.arrays, e.choice_items, e.choices, e.cloze_context, e.cloze_continuation, e.seed)
+    return Suite(e, val, Shards(tokens, "train"), torch.tensor(tokenization.token_bytes(tokenization.load(tokenizer_dir))),
+                 task_rows, items)
+
+
+def evaluate_model(name: str, model_dir: Path, s: Suite, device, unigram: bool = False) -> dict:
+    """Eval rows and samples of one model: val bits-per-byte, held-out task accuracy (generated and
+    multiple-choice), val cloze, free samples.
+
+    With `unigram`, the unigram baseline's bits-per-byte on the same bytes comes along as its own row.
+    """
+    tok, model = load_pretrained(model_dir, dtype=torch.float32)
+    bpb, nbytes = bpb_model(model, s.val, s.token_bytes, s.e, device)
     rows = [row(name, "val", "bpb", bpb, nbytes)]
     if unigram:
         seq_len = model.config.max_position_embeddings
-        rows.append(row("unigram", "val", "bpb", bpb_unigram(Shards(tokens, "train"), val, tb, seq_len, e.tokens), nbytes))
-    out = samples(model, tok, e, device, name)
-    if task_rows:
-        acc, chat = task_accuracy(model, tok, task_rows, device, name, batch=e.batch_size)
+        rows.append(row("unigram", "val", "bpb", bpb_unigram(s.train, s.val, s.token_bytes, seq_len, s.e.tokens), nbytes))
+    out = samples(model, tok, s.e, device, name)
+    if s.tasks:
+        acc, chat = task_accuracy(model, tok, s.tasks, device, name, batch=s.e.batch_size)
         rows += acc
         out += chat
+    if s.choice:
+        hits = choice.hits(model, s.choice, device, s.e.batch_size, tok.pad_token_id)
+        rows += rate_rows(name, "mc_accuracy", {t: h for t, h in hits.items() if t != "cloze"})
+        rows += rate_rows(name, "mc_accuracy", {t: h for t, h in hits.items() if t == "cloze"}, overall=None)
     return {"model": name, "rows": rows, "samples": out}
 
 

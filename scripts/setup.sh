@@ -12,7 +12,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     # This machine's pip config names local index folders that may not exist: drop those warnings.
     quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }; }
     quiet .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-    quiet .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+    # llama-cpp-python compiles llama.cpp: skip its multimodal library (a third of the build), and
+    # build for a portable CPU, since pip caches the wheel without regard to these flags.
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF ${CMAKE_ARGS:-}" \
+        quiet .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
     touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"

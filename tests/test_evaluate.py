@@ -51,12 +51,17 @@ def test_unigram_baseline_matches_its_definition(micro_data):
 
 def test_evaluate_model_rows_and_samples(saved):
     p, dirs, out = saved
-    e = p.evaluate.model_copy(update={"prompts": ["def ", "<script>"], "max_new_tokens": 5})
-    held = [{"task": "copy", "prompt": [{"role": "user", "content": "Repeat the word: club"}], "answer": "club"}]
-    r = evaluate.evaluate_model("base", out, dirs["tokens"], dirs["tokenizer"], e, "cpu", held, unigram=True)
-    rows = {(row["model"], row["task"], row["metric"]) for row in r["rows"]}
-    assert rows == {("base", "val", "bpb"), ("unigram", "val", "bpb"), ("base", "copy", "accuracy"),
-                    ("base", "tasks", "accuracy")}
+    e = p.evaluate.model_copy(update={"prompts": ["def ", "<script>"], "max_new_tokens": 5, "choice_items": 8})
+    held = [{"task": "copy", "prompt": [{"role": "user", "content": f"Repeat the word: {w}"}], "answer": w}
+            for w in ("club", "deal", "gold", "milk", "rain")]
+    pairs = [{"prompt": held[0]["prompt"], "chosen": [], "rejected": [{"role": "assistant", "content": "bank"}]}]
+    s = evaluate.suite(e, dirs["tokens"], dirs["tokenizer"], held, pairs)
+    r = evaluate.evaluate_model("base", out, s, "cpu", unigram=True)
+    rows = {(row["model"], row["task"], row["metric"]): row for row in r["rows"]}
+    assert set(rows) == {("base", "val", "bpb"), ("unigram", "val", "bpb"), ("base", "copy", "accuracy"),
+                         ("base", "tasks", "accuracy"), ("base", "copy", "mc_accuracy"),
+                         ("base", "tasks", "mc_accuracy"), ("base", "cloze", "mc_accuracy")}
+    assert rows[("base", "copy", "mc_accuracy")]["n"] == 5 and rows[("base", "cloze", "mc_accuracy")]["n"] == 8
     assert [s["prompt"] for s in r["samples"]][:2] == ["def ", "<script>"]
-    again = evaluate.evaluate_model("base", out, dirs["tokens"], dirs["tokenizer"], e, "cpu", held, unigram=True)
+    again = evaluate.evaluate_model("base", out, s, "cpu", unigram=True)
     assert again["samples"] == r["samples"], "sampling is seeded"

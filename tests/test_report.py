@@ -6,6 +6,7 @@ import re
 import duckdb
 import pytest
 
+from gptpipe.errors import UserError
 from gptpipe.report import db, html, markdown
 
 
@@ -46,7 +47,7 @@ def test_runs_accumulate_and_compare(tmp_path):
     data = db.load(dbf)
     assert [r["run_id"] for r in data["runs"]] == [second, first]
     page = html.render(data)
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
     assert re.search(r"pretrain\.lr</td><td>0\.003</td><td>0\.002", page)
     assert "-0.25" in page  # base bpb delta
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "the page must not fetch anything"
@@ -73,7 +74,97 @@ def test_renders_with_missing_pieces(tmp_path):
     data = db.load(dbf)
     page = html.render(data)
     assert "No training curves" in page and "first run" in page and "&lt;b&gt;x&lt;/b&gt;" in page
-    assert "No evaluations" in markdown.render(data)
+    assert "No quantization in this run" in page and "No export in this run" in page
+    md = markdown.render(data)
+    assert "No evaluations" in md and "No quantization in this run" in md and "# &lt;b&gt;x&lt;/b&gt; \\| y" in md
+
+
+QUANTIZE = {"model": "rl", "scheme": "int8", "device": "cpu", "bytes_before": 7152168, "bytes_after": 4983041,
+            "tokens_per_s_before": 301.5, "tokens_per_s_after": 350.3, "elapsed_s": 12.0}
+EXPORT = {"model": "rl", "files": [
+    {"path": "export/hf/model.safetensors", "format": "hf safetensors", "bytes": 7152168},
+    {"path": "export/gguf/model-q8_0.gguf", "format": "gguf q8_0", "bytes": 2100000}], "checks": [
+    {"artifact": "export/hf", "check": "stock transformers loads it and chats", "passed": True, "detail": "reply: <42>"},
+    {"artifact": "export/gguf/model-f32.gguf", "check": "llama.cpp greedy continuation equals transformers",
+     "passed": False, "detail": None}]}
+
+
+def quantized_workspace(root):
+    ws = workspace(root)
+    (ws / "metrics/quantize.json").write_text(json.dumps(QUANTIZE))
+    (ws / "reports/export.json").write_text(json.dumps(EXPORT))
+    (ws / "reports/eval/rl.json").write_text(json.dumps({"rows": [
+        {"model": m, "task": t, "metric": k, "value": v, "n": 100}
+        for m, t, k, v in [("rl", "val", "bpb", 1.5), ("rl", "tasks", "accuracy", 0.5),
+                           ("quantized", "val", "bpb", 1.52), ("quantized", "tasks", "accuracy", 0.48)]]}))
+    return ws
+
+
+def test_quantization_and_export(tmp_path):
+    ws, dbf = quantized_workspace(tmp_path), tmp_path / "r.duckdb"
+    db.record_run(dbf, ws)
+    con = duckdb.connect(str(dbf), read_only=True)
+    assert con.execute("SELECT model, scheme, bytes_after, tokens_per_s_after FROM quantization").fetchall() == [
+        ("rl", "int8", 4983041, 350.3)]
+    assert con.execute("SELECT count(*) FROM exports").fetchall() == [(2,)]
+    assert con.execute('SELECT "check", passed FROM export_checks ORDER BY rowid').fetchall() == [
+        ("stock transformers loads it and chats", True), ("llama.cpp greedy continuation equals transformers", False)]
+    con.close()
+
+    data = db.load(dbf)
+    page, md = html.render(data), markdown.render(data)
+    assert "<td>size (MB)</td><td>7.152</td><td>4.983</td><td>×0.70</td>" in page
+    assert "<td>tokens/s</td><td>301.5</td><td>350.3</td><td>×1.16</td>" in page
+    assert "<td>val bpb</td><td>1.5</td><td>1.52</td><td>+0.02</td>" in page
+    assert "<td>tasks accuracy</td><td>0.5</td><td>0.48</td><td>-0.02</td>" in page
+    assert "quantized (int8, cpu)" in page and "reply: &lt;42&gt;" in page and ">FAIL<" in page
+    assert r"| export/gguf/model-q8\_0.gguf | gguf q8\_0 | 2.1 |" in md  # Markdown syntax escaped
+    assert "| val bpb | 1.5 | 1.52 | +0.02 |" in md
+    assert "reply: &lt;42&gt; |" in md
+
+
+@pytest.mark.parametrize("name, content", [
+    ("metrics/quantize.json", "{not json"),
+    ("metrics/quantize.json", json.dumps({**QUANTIZE, "model": None})),
+    ("reports/export.json", json.dumps({"files": [], "checks": [{"artifact": "a", "check": "c", "passed": "no"}]})),
+    ("reports/export.json", json.dumps([1, 2])),
+], ids=["not json", "model not text", "passed not a bool", "not an object"])
+def test_malformed_stage_files_name_the_file_and_record_nothing(tmp_path, name, content):
+    ws, dbf = quantized_workspace(tmp_path), tmp_path / "r.duckdb"
+    db.record_run(dbf, ws)
+    (ws / name).write_text(content)
+    with pytest.raises(UserError, match=name):
+        db.record_run(dbf, ws)
+    assert len(db.load(dbf)["runs"]) == 1
+
+
+def test_database_from_before_quantization_still_works(tmp_path):
+    ws, dbf = workspace(tmp_path), tmp_path / "r.duckdb"
+    old = db.record_run(dbf, ws)
+    con = duckdb.connect(str(dbf))  # what an older version created: no quantization or export tables
+    con.execute("DROP TABLE quantization; DROP TABLE exports; DROP TABLE export_checks")
+    con.close()
+    new = db.record_run(dbf, quantized_workspace(tmp_path))
+    data = db.load(dbf)
+    assert [r["run_id"] for r in data["runs"]] == [new, old]
+    assert data["latest"]["quantization"]["scheme"] == "int8" and data["previous"]["quantization"] is None
+
+
+def test_history_is_embedded_inert(tmp_path):
+    """Data holding `</script>` or `<!--` must stay inside the JSON block and come back unchanged."""
+    evil = "</script><script>alert(1)</script><!--"
+    (tmp_path / "params.yaml").write_text(json.dumps({"report": {"title": evil}}))
+    dbf = tmp_path / "r.duckdb"
+    for _ in range(2):
+        db.record_run(dbf, tmp_path, title=evil)
+    page = html.render(db.load(dbf))
+    assert page.count("</script>") == 2 and "<!--" not in page  # the JSON block's end and the script's end
+    block = re.search(r'<script type="application/json" id="history">(.*?)</script>', page, re.S).group(1)
+    runs = json.loads(block)
+    assert [r["title"] for r in runs] == [evil, evil] and runs[0]["params"] == {"report.title": evil}
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', page).group(1)
+    script = re.search(r"<script>(.*?)</script>", page, re.S).group(1)
+    assert html.sha256(script) in csp and "unsafe-inline" not in csp
 
 
 def test_loss_chart_edge_cases():

@@ -1,6 +1,9 @@
-"""What both report pages show, as plain tables: the report card, stage table, and run comparison."""
+"""What both report pages show, as plain tables: the report card, stages, quantization, export, and the
+run comparison (static, with the previous run, and the history the page's script compares any two of)."""
 
 from __future__ import annotations
+
+import json
 
 MODEL_ORDER = ["unigram", "base", "mid", "sft", "lora", "reward", "dpo", "rl", "quantized"]
 STAGE_ORDER = ["download", "tokenize", "pretrain", "midtrain", "sft", "lora", "reward", "dpo", "rl",
@@ -63,3 +66,48 @@ def eval_deltas(old: list[dict], new: list[dict]) -> list[list[str]]:
         if k in before and before[k] is not None and e["value"] is not None:
             rows.append([*k, fmt(before[k]), fmt(e["value"]), f"{e['value'] - before[k]:+.4g}"])
     return rows
+
+
+def mb(n) -> float | None:
+    return None if n is None else n / 1e6
+
+
+def ratio(after, before) -> str:
+    return f"×{after / before:.2f}" if after is not None and before else "–"
+
+
+def change(after, before) -> str:
+    return f"{after - before:+.4g}" if after is not None and before is not None else "–"
+
+
+def quantization_table(q: dict, evals: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The source model next to its quantized copy: what quantizing saved (size, speed) and what it cost.
+
+    The cost is read from the evals (the quantized copy is evaluated as model "quantized"), so both
+    columns were measured by the same code on the same questions.
+    """
+    score = {(e["task"], e["metric"], e["model"]): e["value"] for e in evals}
+    rows = [["size (MB)", mb(q["bytes_before"]), mb(q["bytes_after"]), ratio(q["bytes_after"], q["bytes_before"])],
+            ["tokens/s", q["tokens_per_s_before"], q["tokens_per_s_after"],
+             ratio(q["tokens_per_s_after"], q["tokens_per_s_before"])]]
+    for task, metric in [("val", "bpb"), ("tasks", "accuracy")]:
+        before, after = score.get((task, metric, q["model"])), score.get((task, metric, "quantized"))
+        rows.append([f"{task} {metric}", before, after, change(after, before)])
+    header = ["", q["model"], f"quantized ({q['scheme']}, {q['device'] or '?'})", "change"]
+    return header, [[name, fmt(a), fmt(b), c] for name, a, b, c in rows]
+
+
+def export_files(files: list[dict]) -> tuple[list[str], list[list[str]]]:
+    rows = [[f["path"], f["format"], fmt(mb(f["bytes"]))] for f in files]
+    return ["file", "format", "size (MB)"], rows
+
+
+def export_checks(checks: list[dict]) -> tuple[list[str], list[list[str]]]:
+    rows = [[c["artifact"], c["check"], "pass" if c["passed"] else "FAIL", fmt(c["detail"])] for c in checks]
+    return ["artifact", "check", "result", "detail"], rows
+
+
+def history(runs: list[dict]) -> list[dict]:
+    """Every run as the page's comparison script reads it: flat params and evals keyed task/metric/model."""
+    return [{"id": r["run_id"], "title": r["title"], "time": f"{r['created_at']:%Y-%m-%d %H:%M}",
+             "params": flatten(json.loads(r["params_json"])), "evals": r["scores"]} for r in runs]

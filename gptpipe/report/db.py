@@ -1,7 +1,8 @@
 """The results database: one DuckDB file holding every run of the pipeline.
 
 A run is one execution of the report stage, keyed by time, git rev and params hash. Its rows come from
-the files the stages wrote: metrics/<stage>.json, plots/<stage>.csv and reports/eval/<model>.json.
+the files the stages wrote: metrics/<stage>.json, plots/<stage>.csv, reports/eval/<model>.json and, when
+those stages ran, metrics/quantize.json and reports/export.json.
 Connections are short-lived (DuckDB lets one writer hold the file), and a run is written in one
 transaction, so a crash never leaves half a run.
 """
@@ -31,6 +32,10 @@ CREATE TABLE IF NOT EXISTS metrics (run_id TEXT, stage TEXT, step BIGINT, name T
 CREATE TABLE IF NOT EXISTS evals (run_id TEXT, model TEXT, task TEXT, metric TEXT, value DOUBLE,
                                   n BIGINT, stderr DOUBLE);
 CREATE TABLE IF NOT EXISTS samples (run_id TEXT, model TEXT, prompt TEXT, completion TEXT);
+CREATE TABLE IF NOT EXISTS quantization (run_id TEXT, model TEXT, scheme TEXT, device TEXT, bytes_before BIGINT,
+                                         bytes_after BIGINT, tokens_per_s_before DOUBLE, tokens_per_s_after DOUBLE);
+CREATE TABLE IF NOT EXISTS exports (run_id TEXT, path TEXT, format TEXT, bytes BIGINT);
+CREATE TABLE IF NOT EXISTS export_checks (run_id TEXT, artifact TEXT, "check" TEXT, passed BOOLEAN, detail TEXT);
 """
 
 
@@ -73,10 +78,49 @@ def read_json(path: Path):
         raise UserError(f"{path}: not valid JSON ({e}); rerun the stage that writes it") from None
 
 
+def shaped(path: Path, data, pick):
+    """pick(data) pulls out the fields we store; a missing field or a wrong type names the file.
+
+    Without this a hand-edited or half-written file would fail deep in DuckDB with no hint of its name.
+    """
+    try:
+        return pick(data)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise UserError(f"{path}: unexpected content ({type(e).__name__}: {e}); "
+                        "rerun the stage that writes it") from None
+
+
+def text(v, optional: bool = False) -> str | None:
+    if not (isinstance(v, str) or (optional and v is None)):
+        raise TypeError(f"expected a string, got {v!r}")
+    return v
+
+
+def boolean(v) -> bool:
+    if not isinstance(v, bool):  # "false" (a string) would otherwise be stored as passed
+        raise TypeError(f"expected true or false, got {v!r}")
+    return v
+
+
+def quantization(q: dict) -> list:
+    return [text(q["model"]), text(q["scheme"]), text(q.get("device"), optional=True),
+            *(number(q.get(k)) for k in ("bytes_before", "bytes_after", "tokens_per_s_before", "tokens_per_s_after"))]
+
+
+def exports(x: dict) -> tuple[list, list]:
+    files = [[text(f["path"]), text(f["format"]), number(f.get("bytes"))] for f in x["files"]]
+    checks = [[text(c["artifact"]), text(c["check"]), boolean(c["passed"]), text(c.get("detail"), optional=True)]
+              for c in x["checks"]]
+    return files, checks
+
+
 def collect(workspace: Path) -> dict:
     """Everything this run produced, read from the stage output files; missing ones are simply absent."""
     params = yaml.safe_load((workspace / "params.yaml").read_text()) or {}
     stages = {f.stem: read_json(f) for f in sorted((workspace / "metrics").glob("*.json"))}
+    qf, xf = workspace / "metrics" / "quantize.json", workspace / "reports" / "export.json"
+    quant = shaped(qf, stages["quantize"], quantization) if "quantize" in stages else None
+    files, checks = shaped(xf, read_json(xf), exports) if xf.exists() else ([], [])
     curves = []
     for f in sorted((workspace / "plots").glob("*.csv")):
         with open(f, newline="") as fh:
@@ -85,11 +129,13 @@ def collect(workspace: Path) -> dict:
                 if step is not None:
                     curves += [(f.stem, int(step), k, x) for k, v in row.items() if (x := number(v)) is not None]
     evals, samples = [], []
-    for f in sorted((workspace / "reports" / "eval").glob("*.json")):
+    reports = workspace / "reports"  # the evaluate stage's rows, then any `gptpipe harness` rows
+    for f in [*sorted((reports / "eval").glob("*.json")), *sorted((reports / "harness").glob("*.json"))]:
         data = read_json(f)
         evals += data.get("rows", [])
         samples += data.get("samples", [])
-    return {"params": params, "stages": stages, "curves": curves, "evals": evals, "samples": samples}
+    return {"params": params, "stages": stages, "curves": curves, "evals": evals, "samples": samples,
+            "quantization": quant, "exports": files, "export_checks": checks}
 
 
 def record_run(db_path: str | Path, workspace: str | Path = ".", title: str = "gptpipe") -> str:
@@ -124,6 +170,13 @@ def record_run(db_path: str | Path, workspace: str | Path = ".", title: str = "g
         if c["samples"]:
             con.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)",
                             [[run_id, s["model"], s["prompt"], s["completion"]] for s in c["samples"]])
+        if c["quantization"]:
+            con.execute("INSERT INTO quantization VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [run_id, *c["quantization"]])
+        if c["exports"]:
+            con.executemany("INSERT INTO exports VALUES (?, ?, ?, ?)", [[run_id, *r] for r in c["exports"]])
+        if c["export_checks"]:
+            con.executemany("INSERT INTO export_checks VALUES (?, ?, ?, ?, ?)",
+                            [[run_id, *r] for r in c["export_checks"]])
         con.execute("COMMIT")
     finally:
         con.close()
@@ -139,9 +192,10 @@ def _rows(con, sql: str, args=()) -> list[dict]:
 def load(db_path: str | Path) -> dict:
     """Plain data for the renderers: every run newest first; the latest run in full; the one before it.
 
-    {"runs": [{run_id, created_at, git_rev, params_hash, params_json, title, base_bpb}, ...],
-     "latest"/"previous": None or a run plus params (dict) and lists of dicts: stages, evals, samples,
-     curves (stage, step, name, value)}
+    {"runs": [{run_id, created_at, git_rev, params_hash, params_json, title, base_bpb,
+               scores: {"task/metric/model": value}}, ...],
+     "latest"/"previous": None or a run plus params (dict), quantization (dict or None) and lists of dicts:
+     stages, evals, samples, curves (stage, step, name, value), exports, export_checks}
     """
     con = connect(db_path, read_only=True)
     try:
@@ -149,17 +203,23 @@ def load(db_path: str | Path) -> dict:
 
         def run(r):
             rid = r["run_id"]
+            quant = _rows(con, "SELECT * FROM quantization WHERE run_id = ?", [rid])
             return {**r, "params": json.loads(r["params_json"]),
                     "stages": _rows(con, "SELECT * FROM stages WHERE run_id = ? ORDER BY rowid", [rid]),
                     "evals": _rows(con, "SELECT * FROM evals WHERE run_id = ? ORDER BY rowid", [rid]),
                     "samples": _rows(con, "SELECT * FROM samples WHERE run_id = ? ORDER BY rowid", [rid]),
                     "curves": _rows(con, "SELECT stage, step, name, value FROM metrics WHERE run_id = ? "
-                                         "ORDER BY stage, name, step", [rid])}
+                                         "ORDER BY stage, name, step", [rid]),
+                    "quantization": quant[0] if quant else None,
+                    "exports": _rows(con, "SELECT * FROM exports WHERE run_id = ? ORDER BY rowid", [rid]),
+                    "export_checks": _rows(con, "SELECT * FROM export_checks WHERE run_id = ? ORDER BY rowid", [rid])}
 
-        headline = {r["run_id"]: r["value"] for r in _rows(
-            con, "SELECT run_id, value FROM evals WHERE model = 'base' AND task = 'val' AND metric = 'bpb'")}
+        scores = {}  # every run's evals, for the history table and the page's run-to-run comparison
+        for e in _rows(con, "SELECT run_id, task, metric, model, value FROM evals ORDER BY rowid"):
+            scores.setdefault(e["run_id"], {})[f"{e['task']}/{e['metric']}/{e['model']}"] = e["value"]
         for r in runs:
-            r["base_bpb"] = headline.get(r["run_id"])
+            r["scores"] = scores.get(r["run_id"], {})
+            r["base_bpb"] = r["scores"].get("val/bpb/base")
         latest = run(runs[0]) if runs else None
         previous = run(runs[1]) if len(runs) > 1 else None
     finally:

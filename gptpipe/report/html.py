@@ -1,13 +1,21 @@
-"""reports/index.html: one self-contained page (inline CSS and SVG, no scripts, nothing fetched).
+"""reports/index.html: one self-contained page (inline CSS, SVG and one small script; nothing fetched).
 
-Every string that came from data (titles, params, prompts, completions) goes through `esc`.
+Every string that came from data (titles, params, prompts, completions) goes through `esc`, except the
+run history, which goes in as JSON (`json_block`) for the comparison script; that script builds its
+tables with textContent only. A Content-Security-Policy allows exactly our own style and script (by
+hash), so even markup that slipped through escaping could not run or load anything. Without scripts the
+page still shows everything, with the comparison against the previous run rendered here.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from html import escape
 
-from gptpipe.report.card import eval_deltas, params_diff, report_card, stage_table
+from gptpipe.report.card import (eval_deltas, export_checks, export_files, history, params_diff,
+                                 quantization_table, report_card, stage_table)
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -17,11 +25,64 @@ th{background:#f4f4f4}td:first-child,th:first-child,td.l{text-align:left}
 pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;word-break:break-all;margin:.3em 0 1em}
 .muted{color:#777}svg{background:#fff;border:1px solid #eee}
 """
+# Compares any two runs of the embedded history; replaces the static comparison with the previous run.
+COMPARE_JS = """
+const runs = JSON.parse(document.getElementById("history").textContent);
+const el = (tag, text) => { const e = document.createElement(tag); e.textContent = text ?? ""; return e; };
+const fmt = v => v == null ? "–" : typeof v === "number" ? String(+v.toPrecision(4))
+  : typeof v === "string" ? v : JSON.stringify(v);
+const signed = x => (x > 0 ? "+" : "") + fmt(x);
+function table(header, rows) {
+  const t = el("table");
+  [header, ...rows].forEach((cells, i) => {
+    const tr = t.insertRow();
+    cells.forEach(c => tr.append(el(i ? "td" : "th", c)));
+  });
+  return t;
+}
+function pick(selected) {
+  const s = el("select");
+  runs.forEach((r, i) => s.add(new Option(`${r.time} · ${r.title} (${r.id})`, i, i === selected, i === selected)));
+  s.addEventListener("change", show);
+  return s;
+}
+const [a, b, out] = [pick(1), pick(0), el("div")];
+function show() {
+  const [A, B] = [runs[a.value], runs[b.value]];
+  const keys = [...new Set([...Object.keys(A.params), ...Object.keys(B.params)])].sort();
+  const diff = keys.filter(k => JSON.stringify(A.params[k]) !== JSON.stringify(B.params[k]))
+    .map(k => [k, fmt(A.params[k]), fmt(B.params[k])]);
+  const deltas = Object.keys(B.evals).filter(k => A.evals[k] != null && B.evals[k] != null)
+    .map(k => [k, fmt(A.evals[k]), fmt(B.evals[k]), signed(B.evals[k] - A.evals[k])]);
+  out.replaceChildren(
+    el("h3", "Params that changed"), diff.length ? table(["param", "before", "now"], diff) : el("p", "None."),
+    el("h3", "Evaluation deltas"), deltas.length ? table(["task/metric/model", "before", "now", "change"], deltas)
+      : el("p", "No common evaluations."));
+}
+if (runs.length > 1) {
+  document.getElementById("compare").replaceChildren("before ", a, " now ", b, out);
+  show();
+}
+"""
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
 def esc(x) -> str:
     return escape(str(x), quote=True)
+
+
+def sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+CSP = ('<meta http-equiv="Content-Security-Policy" '
+       f'content="default-src \'none\'; style-src {sha256(CSS)}; script-src {sha256(COMPARE_JS)}">')
+
+
+def json_block(id: str, data) -> str:
+    """Data for the script, inert: a `<` from data could otherwise close the element (`</script>`)."""
+    inert = json.dumps(data).replace("<", "\\u003c")  # the same string to JSON.parse
+    return f'<script type="application/json" id="{id}">{inert}</script>'
 
 
 def table(header, rows) -> str:
@@ -84,11 +145,19 @@ def loss_chart(curves: list[dict], width: int = 720, height: int = 300) -> str:
     return "".join(out) + "</svg>"
 
 
+def section(title: str, tables: list, missing: str) -> list[str]:
+    """A heading and its tables; `missing` when the stage behind it did not run."""
+    body = [table(*t) for t in tables if t[1]]
+    return [f"<h2>{esc(title)}</h2>", *(body or [f"<p class=muted>{esc(missing)}</p>"])]
+
+
 def render(data: dict) -> str:
     run, prev = data["latest"], data["previous"]
     if run is None:
         return f"<!doctype html><meta charset=utf-8><style>{CSS}</style><h1>gptpipe report</h1><p>No runs yet.</p>"
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(run['title'])}</title>"
+    q = run["quantization"]
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+             f"{CSP}<title>{esc(run['title'])}</title>"
              f"<style>{CSS}</style></head><body>",
              f"<h1>{esc(run['title'])}</h1>",
              f"<p class=muted>run {esc(run['run_id'])} · git {esc(run['git_rev'][:10])} · params "
@@ -96,6 +165,10 @@ def render(data: dict) -> str:
              "<h2>Report card</h2>",
              table(*report_card(run["evals"])) if run["evals"] else "<p class=muted>No evaluations.</p>",
              "<h2>Stages</h2>", table(*stage_table(run["stages"])),
+             *section("Quantization", [quantization_table(q, run["evals"])] if q else [],
+                      "No quantization in this run."),
+             *section("Export", [export_files(run["exports"]), export_checks(run["export_checks"])],
+                      "No export in this run."),
              "<h2>Loss curves</h2>", loss_chart(run["curves"]),
              "<h2>Samples</h2>"]
     for s in run["samples"]:
@@ -103,7 +176,7 @@ def render(data: dict) -> str:
                      f"<pre>{esc(s['prompt'])}<b>{esc(s['completion'])}</b></pre>")
     if not run["samples"]:
         parts.append("<p class=muted>No samples.</p>")
-    parts.append("<h2>Compared with the previous run</h2>")
+    parts.append("<h2>Run comparison</h2><div id=compare>")  # the script replaces this with two run pickers
     if prev is None:
         parts.append("<p class=muted>This is the first run.</p>")
     else:
@@ -114,9 +187,10 @@ def render(data: dict) -> str:
         deltas = eval_deltas(prev["evals"], run["evals"])
         parts.append(table(["model", "task", "metric", "before", "now", "change"], deltas)
                      if deltas else "<p class=muted>No common evaluations.</p>")
-    parts.append("<h2>Run history</h2>")
+    parts.append("</div><h2>Run history</h2>")
     parts.append(table(["run", "date (UTC)", "git", "params", "base val bpb"],
                        [[r["run_id"], f"{r['created_at']:%Y-%m-%d %H:%M}", r["git_rev"][:10], r["params_hash"],
                          "–" if r["base_bpb"] is None else f"{r['base_bpb']:.4f}"] for r in data["runs"]]))
-    parts.append("</body></html>")
+    parts.append(json_block("history", history(data["runs"])))
+    parts.append(f"<script>{COMPARE_JS}</script></body></html>")
     return "\n".join(parts)

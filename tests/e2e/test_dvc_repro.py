@@ -9,7 +9,8 @@ import pytest
 from conftest import make_workspace, sh
 
 pytestmark = pytest.mark.e2e
-ALL = ["download", "tasks", "tokenize", "pretrain", "midtrain", "sft", "lora", "reward", "dpo", "rl", "evaluate", "report"]
+ALL = ["download", "tasks", "tokenize", "pretrain", "midtrain", "sft", "lora", "reward", "dpo", "rl", "quantize",
+       "evaluate", "export", "report"]
 
 
 def ran(out: str) -> list[str]:
@@ -30,6 +31,8 @@ def test_repro_builds_everything(built):
                  "models/base/model.safetensors", "models/base/config.json", "models/mid/model.safetensors",
                  "models/sft/model.safetensors", "models/lora/adapter/adapter_config.json", "models/lora/merged/config.json",
                  "models/reward/model.safetensors", "models/dpo/model.safetensors", "models/rl/model.safetensors",
+                 "models/quantized/model.safetensors", "reports/eval/quantized.json", "reports/export.json",
+                 "export/hf/model.safetensors", "export/hf/tokenizer.json", "export/gguf/model-f32.gguf", "export/README.md",
                  "reports/eval/sft.json", "reports/eval/base.json", "reports/eval/rl.json", "reports/eval/reward.json",
                  "reports/gptpipe.duckdb", "reports/index.html", "reports/report.md", "plots/pretrain.csv"]:
         assert (ws / path).exists(), path
@@ -56,6 +59,29 @@ def test_model_beats_unigram_and_loads_with_stock_classes(built):
     out = sh([sys.executable, "-c", code], ws).stdout
     assert out.count("LlamaForCausalLM") == 5 and "LlamaForSequenceClassification" in out and "PeftModelForCausalLM" in out
     assert 0 <= m["reward_prefs_pairwise_accuracy"] <= 1 and "rl_tasks_accuracy" in m
+    assert {"quantized_val_bpb", "rl_tasks_mc_accuracy", "base_cloze_mc_accuracy"} <= set(m)
+
+
+def test_quantized_and_exported_models_load_in_stock_clients(built):
+    ws, _ = built
+    q = json.loads((ws / "metrics/quantize.json").read_text())
+    assert q["model"] == "rl" and q["bytes_after"] < q["bytes_before"]
+    exported = json.loads((ws / "reports/export.json").read_text())
+    assert exported["checks"] and all(c["passed"] for c in exported["checks"]), exported["checks"]
+    assert {"hf safetensors", "gguf f32"} <= {f["format"] for f in exported["files"]}
+    code = ("from transformers import AutoModelForCausalLM as C, AutoTokenizer as T;"
+            "t = T.from_pretrained('export/hf'); m = C.from_pretrained('export/hf');"
+            "ids = t.apply_chat_template([{'role': 'user', 'content': 'Repeat the word: blue'}], add_generation_prompt=True,"
+            " return_tensors='pt', return_dict=True);"
+            "print(type(C.from_pretrained('models/quantized').model.layers[0].mlp.up_proj.weight).__name__,"
+            " repr(t.decode(m.generate(**ids, max_new_tokens=8)[0, ids['input_ids'].shape[1]:], skip_special_tokens=True)))")
+    out = sh([sys.executable, "-c", code], ws).stdout
+    assert "Int8" in out
+    assert json.loads((ws / "export/hf/tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    card = (ws / "export/README.md").read_text()
+    assert "mc_accuracy" in card and "model-f32.gguf" in card and "lr:" in card
+    page = (ws / "reports/index.html").read_text()
+    assert "Quantization" in page and "llama.cpp" in page
 
 
 def test_second_repro_does_nothing(built):
@@ -67,14 +93,15 @@ def test_second_repro_does_nothing(built):
 def test_pretrain_param_reruns_only_downstream(built):
     ws, _ = built
     out = sh([sys.executable, "-m", "gptpipe.cli", "run", "--set", "pretrain.lr=0.002"], ws).stdout
-    assert ran(out) == ["pretrain", "midtrain", "sft", "lora", "reward", "dpo", "rl", "evaluate", "report"]
+    assert ran(out) == ["pretrain", "midtrain", "sft", "lora", "reward", "dpo", "rl", "quantize", "evaluate", "export",
+                        "report"]
     assert "lr: 0.002" in (ws / "params.yaml").read_text()
 
 
 def test_dpo_beta_reruns_dpo_and_downstream_only(built):
     ws, _ = built
     out = sh([sys.executable, "-m", "gptpipe.cli", "run", "--set", "dpo.beta=0.2"], ws).stdout
-    assert ran(out) == ["dpo", "evaluate", "report"]
+    assert ran(out) == ["dpo", "evaluate", "export", "report"]
 
 
 def test_single_stage_rerun(built):
@@ -111,5 +138,7 @@ def test_switching_to_a_scale_profile_plans_a_full_rerun(built, tmp_path, profil
     before = (ws / "metrics/pretrain.json").read_text()
     sh([sys.executable, "-m", "gptpipe.cli", "profile", "use", profile], ws)
     out = sh(["dvc", "repro", "--dry"], ws).stdout
-    assert sorted(ran(out)) == sorted(set(ALL) - {"tasks"})  # the profiles leave the chat tasks alone
+    # The profiles leave the chat tasks and the export params alone; export reruns once its inputs change,
+    # which a dry run cannot know (it lists the stages whose own params or deps changed).
+    assert sorted(ran(out)) == sorted(set(ALL) - {"tasks", "export"})
     assert (ws / "metrics/pretrain.json").read_text() == before  # nothing ran

@@ -1,0 +1,89 @@
+"""GGUF export, checked in a real llama.cpp (llama-cpp-python) against transformers on the same ids."""
+
+import pytest
+import torch
+from gguf import GGUFReader
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from gptpipe import gguf as g
+from gptpipe.model import llama_config, save
+
+# Only 1- and 2-digit numbers: llama.cpp's "llama-bpe" splitter groups up to 3 digits (see gptpipe/gguf.py).
+TEXT = "".join(f"def add_{i}(x):\n    return x + {i}  # adds {i}\n\n" for i in range(40))
+PROMPT = "def add_7(x):\n    return"
+# Largest last-position logit difference over the largest logit, per ftype: f32 is off only by
+# llama.cpp's f16 KV cache; q8_0 rounds every weight (and activation) to 8 bits per 32-value block.
+REL_TOL = {"f32": 1e-3, "f16": 5e-3, "q8_0": 5e-2}
+
+
+def make_model(micro_data, out, tied=False, train_steps=0):
+    """A micro-profile Llama (width 64, GQA, rows in whole 32-value blocks) with the real tokenizer.
+
+    Trained, it memorizes TEXT, so its greedy continuations have clear margins and comparing them
+    means something; random-init logits are too flat for that.
+    """
+    p, dirs = micro_data
+    tok = AutoTokenizer.from_pretrained(dirs["tokenizer"])
+    cfg = llama_config(p.model, len(tok))
+    cfg.tie_word_embeddings = tied
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    ids = tok(TEXT)["input_ids"]
+    n = p.model.max_seq_len
+    x = torch.tensor([ids[i:i + n] for i in range(0, len(ids) - n, n // 2)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(train_steps):
+        model(x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    save(model, tok, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(micro_data, tmp_path_factory):
+    return make_model(micro_data, tmp_path_factory.mktemp("trained"), train_steps=60)
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gguf")
+    return {ft: g.write(trained, out / f"model-{ft}.gguf", ft) for ft in g.FTYPES}
+
+
+@pytest.mark.parametrize("ftype", list(g.FTYPES))
+def test_llama_cpp_matches_transformers(trained, exported, ftype):
+    r = g.check(trained, exported[ftype], PROMPT, n_new=16)
+    assert r["logit_scale"] > 5, "the trained model should be confident"
+    assert r["rel_diff"] < REL_TOL[ftype], r
+    assert r["greedy_equal"], r
+    assert r["tokenization_equal"], r
+
+
+def test_tied_embeddings(micro_data, tmp_path):
+    """No output tensor in the file: llama.cpp projects with token_embd."""
+    model = make_model(micro_data, tmp_path / "tied", tied=True)
+    path = g.write(model, tmp_path / "tied.gguf", "f32")
+    assert "output.weight" not in {t.name for t in GGUFReader(path).tensors}
+    r = g.check(model, path, PROMPT, n_new=4)
+    assert r["rel_diff"] < REL_TOL["f32"], r
+
+
+def test_tokenizer_and_metadata(micro_data, trained, exported):
+    from llama_cpp import Llama
+
+    tok = AutoTokenizer.from_pretrained(trained)
+    llm = Llama(str(exported["f32"]), vocab_only=True, verbose=False)
+    chat = tok.apply_chat_template([{"role": "user", "content": "Is 42 > 7?"},
+                                    {"role": "assistant", "content": "yes"}], tokenize=False)
+    for text in [TEXT, chat, "héllo wörld 日本語 🙂\r\n\t\n  x  ", "I'LL don't WE'RE 12 34"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text)["input_ids"], text
+
+    r = GGUFReader(exported["q8_0"])
+    assert r.fields["tokenizer.chat_template"].contents() == tok.chat_template
+    assert r.fields["tokenizer.ggml.pre"].contents() == "llama-bpe"
+    assert r.fields["tokenizer.ggml.bos_token_id"].contents() == tok.bos_token_id
+    types = r.fields["tokenizer.ggml.token_type"].contents()
+    assert {types[i] for i in tok.all_special_ids} == {3}  # CONTROL
+    kinds = {t.name: t.tensor_type.name for t in r.tensors}
+    assert kinds["blk.0.attn_norm.weight"] == "F32" and kinds["blk.0.ffn_down.weight"] == "Q8_0"

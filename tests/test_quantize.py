@@ -1,0 +1,43 @@
+"""Quantize: int8 weight-only with torchao, saved as safetensors and loaded back by stock transformers."""
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from gptpipe import quantize
+from gptpipe.errors import UserError
+from gptpipe.model import llama_config, save
+
+
+@pytest.fixture(scope="module")
+def model_dir(micro_data, tmp_path_factory):
+    p, dirs = micro_data
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("sft")
+    save(LlamaForCausalLM(llama_config(p.model, p.tokenizer.vocab_size)), AutoTokenizer.from_pretrained(dirs["tokenizer"]), out)
+    return p, out
+
+
+def test_int8_shrinks_reloads_without_pickle_and_stays_close(model_dir, tmp_path):
+    p, src = model_dir
+    q = p.quantize.model_copy(update={"bench_tokens": 4})
+    m = quantize.run(q, src, tmp_path, torch.device("cpu"))
+    assert m["bytes_after"] < 0.8 * m["bytes_before"]
+    assert m["tokens_per_s_before"] > 0 and m["tokens_per_s_after"] > 0
+    assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt")), "weights only as safetensors"
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        assert f.metadata() is not None  # torchao's tensor layout as JSON, not a pickle
+    ref = AutoModelForCausalLM.from_pretrained(src)
+    got = AutoModelForCausalLM.from_pretrained(tmp_path, use_safetensors=True)
+    assert "Int8" in type(got.model.layers[0].mlp.up_proj.weight).__name__
+    x = torch.randint(0, p.tokenizer.vocab_size, (2, 16))
+    with torch.no_grad():
+        a, b = ref(x).logits, got(x).logits
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+
+
+def test_int4_on_cpu_is_refused_before_work(model_dir):
+    p, _ = model_dir
+    with pytest.raises(UserError, match="quantize.scheme.*CUDA"):
+        quantize.config(p.quantize.model_copy(update={"scheme": "int4"}), torch.device("cpu"))
