@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from gptpipe.errors import UserError
 
 STATE = "state.json"
 
@@ -24,12 +28,16 @@ def save(root: Path, step: int, model, optimizer, state: dict) -> Path:
     tmp = root / f".tmp_step_{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-              tmp / "model.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optim.pt")
-    (tmp / STATE).write_text(json.dumps({"step": step, **state}))
-    with open(tmp / STATE) as f:  # make the contents durable before the rename publishes them
-        os.fsync(f.fileno())
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+                  tmp / "model.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optim.pt")
+        (tmp / STATE).write_text(json.dumps({"step": step, **state}))
+        with open(tmp / STATE) as f:  # make the contents durable before the rename publishes them
+            os.fsync(f.fileno())
+    except BaseException:  # e.g. disk full: the previous checkpoint stays, and no half-written one takes space
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in root.glob("step_*"):
@@ -51,7 +59,14 @@ def latest(root: Path, key: str) -> Path | None:
 
 
 def load(path: Path, model, optimizer, device) -> dict:
-    model.load_state_dict(load_file(path / "model.safetensors", device=str(device)))
-    # weights_only: the optimizer state is tensors and numbers; nothing else may be unpickled.
-    optimizer.load_state_dict(torch.load(path / "optim.pt", map_location=device, weights_only=True))
+    """Restore model and optimizer in place. A checkpoint that is corrupt, of another model, or carries
+    anything but tensors and numbers (a pickle that would run code) stops the stage with a UserError."""
+    try:
+        model.load_state_dict(load_file(path / "model.safetensors", device=str(device)))
+        # weights_only: the optimizer state is tensors and numbers; nothing else may be unpickled.
+        optimizer.load_state_dict(torch.load(path / "optim.pt", map_location=device, weights_only=True))
+    except (pickle.UnpicklingError, SafetensorError, RuntimeError, ValueError, KeyError, OSError, EOFError) as e:
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{path}: unusable checkpoint ({type(e).__name__}: {why}); delete {path} "
+                        "to train this stage from the start") from None
     return json.loads((path / STATE).read_text())

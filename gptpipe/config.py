@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,16 +22,22 @@ PARAMS = "params.yaml"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf/nan: `.inf` epochs or token_ratio would pass a `gt=0` check and fail hours later.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Marks fields holding local paths or globs (a str or a list of them): Params refuses any outside the
+# workspace unless allow_outside_paths is set, so a shared params.yaml cannot make a stage read elsewhere.
+LOCAL = "local path"
 
 
 # ---------------------------------------------------------------- data
 class HFSource(Section):
-    path: str                       # dataset name on the hub, or a builder ("parquet", "json") with data_files
+    path: Annotated[str, LOCAL]     # dataset name on the hub, or a builder ("parquet", "json") with data_files
     name: str | None
     split: str
     text_field: str
-    data_files: str | list[str] | None
+    data_files: Annotated[str | list[str] | None, LOCAL]
     streaming: bool
     max_docs: int | None = Field(gt=0)
 
@@ -45,10 +53,10 @@ class Data(Section):
 # ---------------------------------------------------------------- chat tasks
 class HFChatSource(Section):
     """One `datasets.load_dataset(path, name, split=, data_files=, streaming=)` call, capped at max_rows."""
-    path: str                       # dataset name on the hub, or a builder ("parquet", "json") with data_files
+    path: Annotated[str, LOCAL]     # dataset name on the hub, or a builder ("parquet", "json") with data_files
     name: str | None
     split: str
-    data_files: str | list[str] | None
+    data_files: Annotated[str | list[str] | None, LOCAL]
     streaming: bool
     max_rows: int | None = Field(gt=0)   # null = every row
 
@@ -72,10 +80,9 @@ class HFRL(HFChatSource):
 
     @model_validator(mode="after")
     def _pattern(self):
-        import re
         try:
             re.compile(self.answer_pattern)
-        except re.error as e:
+        except (re.error, OverflowError, RecursionError) as e:  # a{9999999999} overflows rather than re.error
             raise ValueError(f"answer_pattern '{self.answer_pattern}' is not a valid regular expression: {e}")
         return self
 
@@ -110,7 +117,7 @@ class Tasks(Section):
 class Tokenizer(Section):
     vocab_size: int = Field(ge=512, le=2**20)   # including the special tokens
     train_chars: int = Field(gt=0)               # train the BPE on (about) this many characters of text
-    threads: int = Field(ge=1)
+    workers: int = Field(ge=1)                  # encoding processes
     shard_tokens: int = Field(ge=1024)          # tokens per memory-mapped shard file
 
 
@@ -197,6 +204,7 @@ class Post(Section):
     warmup_ratio: float = Field(ge=0, lt=1)
     weight_decay: float = Field(ge=0)
     nproc: int = Field(ge=1)                   # >1: relaunched under torchrun (accelerate picks it up)
+    ckpt_every: int = Field(ge=0)              # optimizer steps between the checkpoints a rerun resumes from; 0 = none
     seed: int
 
 
@@ -268,6 +276,25 @@ class Evaluate(Section):
     top_k: int | None = Field(ge=1)
     top_p: float = Field(gt=0, le=1)
     seed: int
+    choice_items: int = Field(ge=0)          # multiple-choice questions per set (held-out tasks, val cloze)
+    choices: int = Field(ge=2)               # answers per question, one right
+    cloze_context: int = Field(ge=1)         # val-text cloze: tokens of context ...
+    cloze_continuation: int = Field(ge=1)    # ... and of each candidate continuation
+
+
+FINAL_MODELS = Literal["sft", "lora", "dpo", "rl"]
+
+
+class Quantize(Section):
+    scheme: Literal["int8", "int4"]          # torchao weight-only; int4 needs CUDA
+    group_size: int = Field(ge=16)           # int4 only: weights per scale
+    bench_tokens: int = Field(ge=1)          # generated tokens timed before and after
+
+
+class Export(Section):
+    model: FINAL_MODELS                      # the final chat model: quantized and exported
+    gguf: list[Literal["f32", "f16", "q8_0"]] = Field(min_length=1)
+    check_new_tokens: int = Field(ge=1)      # greedy tokens compared between llama.cpp and transformers
 
 
 class Report(Section):
@@ -300,15 +327,30 @@ class Params(Section):
     rl: RL
     device: Device
     evaluate: Evaluate
+    quantize: Quantize
+    export: Export
     report: Report
     wandb: Wandb
     flow: Flow
+    # The one default kept in code: params.yaml files written before it existed stay valid, and safe.
+    allow_outside_paths: bool = False
+
+    @model_validator(mode="after")
+    def _confined(self):
+        if not self.allow_outside_paths:
+            for key, value in local_paths(self):
+                if outside_workspace(value):
+                    raise ValueError(f"{key}: {value!r} is outside the workspace; move the files under it, or set "
+                                     "allow_outside_paths: true in params.yaml to read paths elsewhere")
+        return self
 
     @model_validator(mode="after")
     def _cross(self):
         for name, seq in [("pretrain.seq_len", self.pretrain.seq_len), ("midtrain.seq_len", self.midtrain.seq_len),
                           *[(f"{k}.max_length", getattr(self, k).max_length) for k in ("sft", "lora", "reward", "dpo")],
-                          ("rl.max_completion_length", self.rl.max_completion_length)]:
+                          ("rl.max_completion_length", self.rl.max_completion_length),
+                          ("evaluate.cloze_context + evaluate.cloze_continuation",
+                           self.evaluate.cloze_context + self.evaluate.cloze_continuation)]:
             if seq > self.model.max_seq_len:
                 raise ValueError(f"{name} ({seq}) is above model.max_seq_len ({self.model.max_seq_len})")
         return self
@@ -317,6 +359,24 @@ class Params(Section):
         """A short stable hash of some sections (all when none are named), e.g. to key checkpoints."""
         dump = self.model_dump(include=set(sections) or None)
         return hashlib.sha256((json.dumps(dump, sort_keys=True) + extra).encode()).hexdigest()[:12]
+
+
+def local_paths(section: BaseModel, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted key, path) for every value of a field marked LOCAL, in `section` and the sections inside it."""
+    for name, field in type(section).model_fields.items():
+        value, key = getattr(section, name), prefix + name
+        if isinstance(value, BaseModel):
+            yield from local_paths(value, key + ".")
+        elif LOCAL in field.metadata and value is not None:
+            yield from ((key, v) for v in ([value] if isinstance(value, str) else value))
+
+
+def outside_workspace(path: str) -> bool:
+    """Absolute, under ~, or climbing out with `..`. URLs (hf://, https://) name no local file; file:// does."""
+    if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", path) and not path.lower().startswith("file://"):
+        return False
+    p = Path(path[7:] if path.lower().startswith("file://") else path).expanduser()
+    return p.is_absolute() or ".." in p.parts
 
 
 # ---------------------------------------------------------------- loading
@@ -334,11 +394,18 @@ def parse_set(assignments: list[str]) -> dict:
         key, eq, raw = a.partition("=")
         if not eq or not key:
             raise UserError(f"--set {a!r}: expected KEY=VALUE, e.g. --set pretrain.lr=1e-3")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {a!r}: {raw!r} is not a YAML value ({getattr(e, 'problem', None) or e}); "
+                            f"quote it: --set '{key}=\"...\"'") from None
         node = over
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise UserError(f"--set {a!r}: an earlier --set gives {part!r} a value, so it has no keys; keep one of the two")
+        node[leaf] = value
     return over
 
 
@@ -350,6 +417,10 @@ def read_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must be a mapping of sections, got {type(data).__name__}")
     return data

@@ -11,6 +11,7 @@ Two sources, chosen by `data.source`:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,15 +48,28 @@ def hf_docs(h: HFSource) -> Iterator[tuple[str, str]]:
     except FileNotFoundError as e:
         raise UserError(f"data.hf: {e}. Check data.hf.path / data.hf.data_files") from None
     except Exception as e:  # the hub, a bad builder name, unreadable files: all user-fixable here
+        e = e.__cause__ or e  # datasets wraps the reader's own error, which says what is wrong
         raise UserError(f"data.hf: cannot load dataset {h.path!r} ({type(e).__name__}: {e}). "
                         "Offline, point data.hf.path at a builder (parquet/json) with local data.hf.data_files") from None
-    for i, row in enumerate(ds):
+    rows = iter(ds)
+    for i in itertools.count():
         if h.max_docs is not None and i >= h.max_docs:
             return
+        try:  # streamed files are only read here: a corrupt file or non-UTF-8 text fails on this line
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:
+            raise UserError(f"data.hf: cannot read row {i} of {h.path!r} ({type(e).__name__}: {e}); "
+                            "fix or drop the file in data.hf.data_files") from None
         if h.text_field not in row:
             raise UserError(f"data.hf.text_field: column {h.text_field!r} not in the dataset; "
                             f"it has {sorted(row)}")
-        yield str(i), row[h.text_field]
+        text = row[h.text_field]
+        if text is not None and not isinstance(text, str):
+            raise UserError(f"data.hf.text_field: column {h.text_field!r} holds {type(text).__name__}, not text "
+                            f"(row {i}); point data.hf.text_field at a text column")
+        yield str(i), text or ""
 
 
 def is_val(key: str, text: str, fraction: float, seed: int) -> bool:
@@ -82,6 +96,9 @@ def build(d: Data, out: Path, batch_docs: int = 1000) -> dict:
         if not text or not text.strip():
             continue
         n = len(text.encode("utf-8"))
+        if n > d.max_bytes:  # a whole dump in one row: it alone would blow the cap, and the memory it implies
+            print(f"download: skipped document {key}: {n / 1e6:.1f} MB is over data.max_bytes", flush=True)
+            continue
         if total + n > d.max_bytes and total > 0:
             break
         split = "val" if is_val(key, text, d.val_fraction, d.seed) else "train"

@@ -1,5 +1,6 @@
 """The one error type users see: a clear message naming the file or key and the fix, no traceback."""
 
+import errno
 import sys
 from contextlib import contextmanager
 
@@ -10,11 +11,21 @@ class UserError(Exception):
 
 @contextmanager
 def user_errors(where: str):
-    """Turn UserError (and Ctrl-C) into a one-line message and a non-zero exit."""
+    """Turn UserError, a full disk and Ctrl-C into a one-line message and a non-zero exit.
+
+    Outputs are written to temporary paths renamed into place at the end (gptpipe.io.atomic_dir), so
+    each of these leaves the previous outputs as they were.
+    """
     try:
         yield
     except UserError as e:
         print(f"error [{where}]: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"error [{where}]: disk full writing {e.filename or 'an output'}: free some space and rerun; "
+              "outputs left as they were before this run", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"interrupted [{where}]: outputs left as they were before this run", file=sys.stderr)

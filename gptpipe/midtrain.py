@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gptpipe import loop
 from gptpipe.config import Params
 from gptpipe.dist import Proc
 from gptpipe.errors import UserError
 from gptpipe.io import read_jsonl
-from gptpipe.model import flops_per_token, save
+from gptpipe.model import flops_per_token, load_pretrained, save
 from gptpipe.shards import Shards, sample_windows
 
 
@@ -37,8 +36,7 @@ def file_digest(path: Path) -> str:
 def run(p: Params, proc: Proc, *, base: Path, tokens: Path, conversations: Path, out: Path | None,
         ckpt_root: Path) -> dict:
     t = p.midtrain
-    tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    tok, model = load_pretrained(base, dtype=torch.float32)
     corpus, val = Shards(tokens, "train"), Shards(tokens, "val")
     if model.config.vocab_size != corpus.vocab_size:
         raise UserError(f"{base} has a {model.config.vocab_size}-token vocabulary but {tokens} has "

@@ -7,10 +7,12 @@ each overridable in params. Stock architecture, so transformers, TRL, PEFT and l
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from transformers import LlamaConfig
 
 from gptpipe.config import Model
+from gptpipe.errors import UserError
 
 
 def llama_config(m: Model, vocab_size: int) -> LlamaConfig:
@@ -65,3 +67,45 @@ def save(model, tok, out) -> None:
                                                pad_token_id=tok.pad_token_id)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+
+
+def load_pretrained(path, auto=None, new_head: str | None = None, **kw):
+    """(tokenizer, model) of an HF dir; every stage reads model dirs through here.
+
+    What would be unsafe or silently wrong is refused with a one-line UserError: weights that are not
+    safetensors (a pytorch_model.bin is a pickle, and unpickling can run code), remote code, weights missing
+    for the class asked for (transformers would warn and go on with random layers; `new_head` names a head
+    that is meant to start fresh, e.g. a reward model's "score."), and a tokenizer larger than the
+    embedding (generation would index past it). `auto` defaults to AutoModelForCausalLM.
+    """
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: no config.json, so no HF model there; rerun the stage that makes it (`dvc repro`)")
+    if not any(path.glob("*.safetensors")):
+        pickled = " (only a pytorch_model.bin: a pickle, which gptpipe never loads)" if any(path.glob("*.bin")) else ""
+        raise UserError(f"{path}: no model.safetensors{pickled}; save the model with save_pretrained() (safetensors)")
+    auto = auto or AutoModelForCausalLM
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model, info = auto.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
+                                           output_loading_info=True, **kw)
+    except SafetensorError as e:
+        raise UserError(f"{path}: corrupt or truncated weights ({e}); restore them (`dvc checkout`) or rerun "
+                        "the stage that makes them") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # RuntimeError: shapes unlike config.json's
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{path}: not a model gptpipe can load ({type(e).__name__}: {why}); point at a stock HF "
+                        "dir whose config.json matches its weights") from None
+    missing = sorted(k for k in info["missing_keys"] if not (new_head and k.startswith(new_head)))
+    if missing:
+        raise UserError(f"{path} holds a {'/'.join(model.config.architectures or ['?'])}, not a "
+                        f"{type(model).__name__}: {len(missing)} weights missing ({missing[0]}, ...); "
+                        "point at the right model directory")
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tok) > rows:
+        raise UserError(f"{path}: the tokenizer has {len(tok)} tokens but the model {rows} embeddings, so the "
+                        "tokenizer files belong to another model; rerun the stage that makes this dir")
+    return tok, model

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import tiktoken
 
+from gptpipe.errors import UserError
+
 # GPT-4's split pattern with numbers split in runs of at most 2 digits (as nanochat): fewer, more
 # reusable number tokens at small vocab sizes.
 PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
@@ -23,15 +25,21 @@ SPECIALS = [BOS, "<|system_start|>", "<|system_end|>", "<|user_start|>", "<|user
             "<|assistant_start|>", "<|assistant_end|>", PAD]
 EOS = "<|assistant_end|>"  # what ends a chat turn, so generation stops there
 
+# Message text that looks like a special token ("<|assistant_start|>" typed by a user, or found in data)
+# must stay text, or a user could end their turn and speak as the assistant. The tokenizer matches special
+# tokens anywhere in the rendered string, so the template breaks the match: an invisible WORD JOINER
+# (U+2060) after each "<" that starts "<|".
+TEXT = "{{ m['content'] | replace('<|', '<\u2060|') }}"
+
 # One template for every stage. {% generation %} marks the assistant tokens, so TRL can put the SFT
 # loss on them alone.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{%- for m in messages -%}"
-    "{%- if m['role'] == 'system' -%}<|system_start|>{{ m['content'] }}<|system_end|>"
-    "{%- elif m['role'] == 'user' -%}<|user_start|>{{ m['content'] }}<|user_end|>"
+    f"{{%- if m['role'] == 'system' -%}}<|system_start|>{TEXT}<|system_end|>"
+    f"{{%- elif m['role'] == 'user' -%}}<|user_start|>{TEXT}<|user_end|>"
     "{%- elif m['role'] == 'assistant' -%}<|assistant_start|>"
-    "{% generation %}{{ m['content'] }}<|assistant_end|>{% endgeneration %}"
+    f"{{% generation %}}{TEXT}<|assistant_end|>{{% endgeneration %}}"
     "{%- else -%}{{ raise_exception('unknown role: ' ~ m['role']) }}"
     "{%- endif -%}"
     "{%- endfor -%}"
@@ -75,11 +83,15 @@ def load(path: Path) -> tiktoken.Encoding:
     """
     import base64
 
-    meta = json.loads((Path(path) / META).read_text())
-    lines = (Path(path) / RANKS).read_text().split()
-    enc = encoding({base64.b64decode(t): int(r) for t, r in zip(lines[::2], lines[1::2])})
-    if meta["specials"] != SPECIALS or enc.n_vocab != meta["vocab_size"]:
-        raise ValueError(f"{path} was saved with other special tokens or vocab; rerun `dvc repro tokenize`")
+    try:
+        meta = json.loads((Path(path) / META).read_text())
+        lines = (Path(path) / RANKS).read_text().split()
+        enc = encoding({base64.b64decode(t): int(r) for t, r in zip(lines[::2], lines[1::2])})
+        same = meta["specials"] == SPECIALS and enc.n_vocab == meta["vocab_size"]
+    except (OSError, ValueError, KeyError, TypeError) as e:  # missing, truncated or hand-edited files
+        raise UserError(f"{path}: unreadable tokenizer ({type(e).__name__}: {e}); rerun `dvc repro tokenize`") from None
+    if not same:
+        raise UserError(f"{path} was saved with other special tokens or vocab; rerun `dvc repro tokenize`")
     return enc
 
 

@@ -63,3 +63,18 @@ def micro_data(tmp_path_factory):
     corpus.build(p.data, dirs["corpus"])
     encode.run(p.tokenizer, corpus=dirs["corpus"], tokenizer_dir=dirs["tokenizer"], tokens_dir=dirs["tokens"])
     return p, dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_model(micro_data, tmp_path_factory):
+    """An HF model dir as the stages write it (safetensors, config, the micro tokenizer), randomly initialised."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from gptpipe.model import llama_config, save
+
+    p, dirs = micro_data
+    out = tmp_path_factory.mktemp("tiny_model")
+    torch.manual_seed(0)
+    save(LlamaForCausalLM(llama_config(p.model, p.tokenizer.vocab_size)), AutoTokenizer.from_pretrained(dirs["tokenizer"]), out)
+    return out

@@ -68,7 +68,7 @@ def test_missing_key_and_bad_yaml(tmp_path):
 
 
 def test_tasks_hf_section():
-    src = {"name": None, "split": "train", "data_files": "/data/x.jsonl", "streaming": False, "max_rows": 10}
+    src = {"name": None, "split": "train", "data_files": "data/x.jsonl", "streaming": False, "max_rows": 10}
     hf = {"sft": src | {"path": "json", "messages_field": "messages"},
           "prefs": src | {"path": "json", "prompt_field": None, "chosen_field": "chosen", "rejected_field": "rejected",
                           "heldout_fraction": 0.1},

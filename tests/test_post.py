@@ -1,6 +1,8 @@
 """Midtraining and SFT on a real tiny model: the chat stream, assistant-only labels, learning, accuracy."""
 
+import importlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -111,7 +113,7 @@ def test_reward_model_learns_to_rank_the_pairs(micro_data, base, chat, cwd):
 
     p, _ = micro_data
     pairs = read_jsonl(chat / "prefs_train.jsonl")
-    tok, untrained = reward.load(base)
+    tok, untrained = reward.load(base, fresh_head=True)
     before, n = reward.pairwise_accuracy(untrained, tok, pairs, "cpu")
     s = p.reward.model_copy(update={"epochs": 20, "lr": 0.005, "batch_size": 8})
     m = reward.train(s, p.wandb, policy=base, pairs=chat / "prefs_train.jsonl", out=cwd / "rm")
@@ -153,11 +155,14 @@ def test_checker_reward_scores_the_reply_by_exact_match():
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_rl_trains_with_reward_model_and_checker_and_logs_kl_and_clipping(micro_data, base, chat, cwd, algorithm):
-    from gptpipe.post import rl
+    from gptpipe.post import reward, rl
 
     p, _ = micro_data
+    rm = cwd / "rm0"  # a stand-in reward model: the base with an untrained score head, saved as the stage does
+    for part in reward.load(base, fresh_head=True):
+        part.save_pretrained(rm)
     s = p.rl.model_copy(update={"algorithm": algorithm, "epochs": 0.5})  # 5 steps: one logged
-    m = rl.train(s, p.wandb, policy=base, reward_model=base, prompts=chat / "rl.jsonl", out=cwd / "rl")
+    m = rl.train(s, p.wandb, policy=base, reward_model=rm, prompts=chat / "rl.jsonl", out=cwd / "rl")
     assert m["algorithm"] == algorithm and m["steps"] > 0 and m["kl_last"] is not None
     assert m["reward_last"] is not None and (m["clip_ratio_last"] is not None or algorithm == "rloo")
     assert "reward" in (cwd / "plots/rl.csv").read_text().splitlines()[0]
@@ -180,3 +185,73 @@ def test_post_training_params_are_validated(change, words):
     with pytest.raises(UserError) as e:
         validate(deep_merge(read_yaml(REPO / "params.yaml"), change))
     assert words in str(e.value)
+
+
+# ---------------------------------------------------------------- checkpoints and resume
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
+    from gptpipe.post.common import last_checkpoint
+
+    for step, state in ((4, "{}"), (6, "{}"), (8, '{"log_hist'), (10, None)):  # 8 and 10: cut short by a kill
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}/trainer_state.json").write_text(state)
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-6"
+    assert last_checkpoint(tmp_path / "none") is None
+
+
+def test_checkpoints_are_keyed_by_the_params_and_the_input_bytes(micro_data, tmp_path):
+    from gptpipe.post.common import ckpt_dir
+
+    p, _ = micro_data
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy/model.safetensors").write_bytes(b"weights")
+    (tmp_path / "sft.jsonl").write_text("{}\n")
+    key = lambda s: ckpt_dir("sft", s, (tmp_path / "policy", tmp_path / "sft.jsonl"))
+    first = key(p.sft)
+    assert key(p.sft) == first and first.parent.as_posix() == "checkpoints/sft"
+    assert key(p.sft.model_copy(update={"lr": 0.1})) != first
+    (tmp_path / "policy/model.safetensors").write_bytes(b"other weights")
+    assert key(p.sft) != first
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage", ["lora", "reward", "dpo", "rl"])
+def test_a_crashed_trl_stage_resumes_and_ends_like_an_uninterrupted_run(micro_data, base, chat, cwd, monkeypatch,
+                                                                         stage):
+    """(sft: tests/e2e/test_kill_resume.py, with a real SIGKILL.)"""
+    from transformers import TrainerCallback
+
+    from gptpipe.post import common, reward
+
+    p, _ = micro_data
+    rm = cwd / "rm0"  # a stand-in reward model for rl, as in the rl test
+    for part in reward.load(base, fresh_head=True):
+        part.save_pretrained(rm)
+    module = importlib.import_module(f"gptpipe.post.{stage}")
+    s = getattr(p, stage).model_copy(update={"ckpt_every": 2, "epochs": 0.5 if stage == "rl" else 3})
+    inputs = {"lora": dict(conversations=chat / "sft.jsonl"), "reward": dict(pairs=chat / "prefs_train.jsonl"),
+              "dpo": dict(pairs=chat / "prefs_train.jsonl"), "rl": dict(reward_model=rm, prompts=chat / "rl.jsonl")}
+    train = lambda out: module.train(s, p.wandb, policy=base, out=cwd / out, **inputs[stage])
+    ref = train("ref")
+    shutil.rmtree(cwd / "checkpoints")
+
+    class CrashAfterCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise Crash
+
+    def crashing_fit(trainer, name):
+        trainer.add_callback(CrashAfterCheckpoint)
+        return common.fit(trainer, name)
+
+    with monkeypatch.context() as mp, pytest.raises(Crash):
+        mp.setattr(module, "fit", crashing_fit)
+        train("crashed")
+    m = train("resumed")
+    assert m["resumed_from_step"] == 2 and m["steps"] == ref["steps"] > 3
+    for key, value in ref.items():
+        if key not in ("resumed_from_step", "train_s", "tokens_per_s"):
+            assert m[key] == pytest.approx(value, abs=1e-4), key

@@ -172,6 +172,7 @@ def test_hf_bad_data_is_refused_with_the_place_and_fix(hf_files):
 def test_stage_writes_hf_sets_and_writes_nothing_on_bad_data(hf_files, tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["tasks"] |= {"source": "hf", "hf": hf_params(hf_files)}
+    raw["allow_outside_paths"] = True  # the data files sit beside the workspace, in tmp_path
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "params.yaml").write_text(yaml.safe_dump(raw))

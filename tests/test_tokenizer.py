@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from gptpipe import tokenizer
+from gptpipe.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -76,5 +77,5 @@ def test_load_refuses_other_vocab(micro_data, tmp_path):
     shutil.copytree(micro_data[1]["tokenizer"], d)
     meta = json.loads((d / tokenizer.META).read_text())
     (d / tokenizer.META).write_text(json.dumps(meta | {"vocab_size": 999}))
-    with pytest.raises(ValueError, match="rerun `dvc repro tokenize`"):
+    with pytest.raises(UserError, match="rerun `dvc repro tokenize`"):
         tokenizer.load(d)

@@ -1,24 +1,31 @@
-"""What every TRL stage shares: the policy, its data, device-aware trainer args, the fit, its plot."""
+"""What every TRL stage shares: the policy, its data, device-aware trainer args, the resumable fit, its plot."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import pickle
+import re
 import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from transformers import TrainerCallback
 
 from gptpipe.config import Post, Wandb
+from gptpipe.errors import UserError
 from gptpipe.io import read_jsonl, write_plot
+from gptpipe.model import load_pretrained
 
 PAIRS = ("prompt", "chosen", "rejected")  # the columns of the tasks stage's preference pairs
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")  # the trainer's dir for its state after N optimizer steps
 
 
 def load_policy(path: Path):
     """The tokenizer and a causal LM in fp32 (on CUDA the trainer's bf16 autocast takes over)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return load_pretrained(path, dtype=torch.float32)
 
 
 def dataset(path: Path, keys: tuple[str, ...]):
@@ -28,32 +35,98 @@ def dataset(path: Path, keys: tuple[str, ...]):
     return Dataset.from_list([{k: r[k] for k in keys} for r in read_jsonl(path, keys)])
 
 
-def trainer_args(s: Post, wb: Wandb, stage: str) -> dict:
-    """Keyword arguments for a TRL *Config on this device.
+def ckpt_dir(stage: str, s: Post, inputs: tuple[Path, ...]) -> Path:
+    """checkpoints/<stage>/<key>, the key a hash of the stage's params and of its inputs' bytes, so a checkpoint
+    made with other params, another policy or other data is never resumed. Bytes, not mtimes: `dvc checkout`
+    rewrites mtimes, and the reads cost about a second per GB, once per run."""
+    h = hashlib.sha256(s.model_dump_json().encode())
+    for root in inputs:
+        for f in sorted(root.rglob("*")) if root.is_dir() else [root]:
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    h.update(f"{f.relative_to(root)}\0".encode() + hashlib.file_digest(fh, "sha256").digest())
+    return Path("checkpoints", stage, h.hexdigest()[:12])
+
+
+def trainer_args(s: Post, wb: Wandb, stage: str, *inputs: Path) -> dict:
+    """Keyword arguments for a TRL *Config on this device; `inputs` are the paths the stage trains from.
 
     On CPU: fp32 and no gradient checkpointing. TRL 1.16 defaults to bf16 and gradient checkpointing,
     which made a tiny model's step ~5x slower on a CPU without bf16 units (measured 1.84 s vs 0.38 s).
-    Nothing is saved on the way (the stage saves the final model atomically); checkpoints/<stage> is scratch.
+    Every `ckpt_every` steps the trainer checkpoints to `ckpt_dir` (only the newest kept), for `fit` to resume
+    from after a kill; the stage saves the final model itself, atomically, and then deletes checkpoints/<stage>.
     """
     cuda = torch.cuda.is_available()
     mode = os.environ.get("WANDB_MODE", wb.mode)
-    return dict(output_dir=f"checkpoints/{stage}", run_name=stage, learning_rate=s.lr, num_train_epochs=s.epochs,
-                per_device_train_batch_size=s.batch_size, gradient_accumulation_steps=s.grad_accum,
-                warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay, lr_scheduler_type="cosine",
-                logging_steps=5, save_strategy="no", seed=s.seed, data_seed=s.seed, bf16=cuda, use_cpu=not cuda,
-                gradient_checkpointing=False, dataloader_num_workers=0,
+    return dict(output_dir=str(ckpt_dir(stage, s, inputs)), run_name=stage, learning_rate=s.lr,
+                num_train_epochs=s.epochs, per_device_train_batch_size=s.batch_size,
+                gradient_accumulation_steps=s.grad_accum, warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay,
+                lr_scheduler_type="cosine", logging_steps=5, save_strategy="steps" if s.ckpt_every else "no",
+                save_steps=s.ckpt_every, save_total_limit=1, seed=s.seed, data_seed=s.seed, bf16=cuda,
+                use_cpu=not cuda, gradient_checkpointing=False, dataloader_num_workers=0,
                 report_to=[] if mode == "disabled" else ["wandb"], disable_tqdm=False)
 
 
+class LogAtCheckpoints(TrainerCallback):
+    """Log at every checkpoint and at the end, so a checkpoint's log_history holds the loss of every step
+    before it and `mean_loss` is exact after a resume. Drop the trainer's save at the end: the stage saves
+    the model itself."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_log |= control.should_save or control.should_training_stop
+        control.should_save &= not control.should_training_stop
+        return control
+
+
+def last_checkpoint(root: Path) -> Path | None:
+    """The newest checkpoint-N under root that a kill did not cut short. The trainer writes trainer_state.json
+    last (after the weights, optimizer, scheduler and RNG states), so a dir without a readable one is skipped."""
+    steps = sorted((int(m[1]), p) for p in root.glob("checkpoint-*") if (m := CHECKPOINT.fullmatch(p.name)))
+    for _, path in reversed(steps):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return path
+    return None
+
+
 def fit(trainer, stage: str) -> dict:
-    """Train; write plots/<stage>.csv; return the run's metrics (the stage adds its own)."""
+    """Train, resuming from the last checkpoint a killed run with the same params and inputs left; write
+    plots/<stage>.csv; return the run's metrics (the stage adds its own).
+
+    transformers restores the weights from safetensors, the optimizer, scheduler and RNG states with
+    torch.load(weights_only=True) and the rest from JSON; a pickle that is more than tensors is refused.
+    """
+    resume = last_checkpoint(Path(trainer.args.output_dir))
+    if resume and trainer.is_world_process_zero():
+        print(f"{stage}: resuming from {resume}", flush=True)
+    trainer.add_callback(LogAtCheckpoints)
     t0 = time.perf_counter()
-    result = trainer.train()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except (pickle.UnpicklingError, SafetensorError) as e:  # only a checkpoint's files raise these
+        if not resume:
+            raise
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{resume}: unusable checkpoint ({type(e).__name__}: {why}); delete {resume} "
+                        "to train this stage from the start") from None
     secs = time.perf_counter() - t0
     if trainer.is_world_process_zero():
         write_plot(stage, plot_rows(trainer.state.log_history))
-    return {"train_loss": round(result.training_loss, 5), "steps": result.global_step,
+    return {"train_loss": round(mean_loss(trainer.state.log_history), 5), "steps": result.global_step,
+            "resumed_from_step": int(CHECKPOINT.fullmatch(resume.name)[1]) if resume else 0,
             "examples": len(trainer.train_dataset), "train_s": round(secs, 2)}
+
+
+def mean_loss(log_history: list[dict]) -> float:
+    """The mean loss over all the run's steps, before a resume too (the trainer's training_loss covers only
+    the steps since). Each logged loss is the mean over the steps since the previous log."""
+    total, last = 0.0, 0
+    for h in log_history:
+        if "loss" in h and "step" in h:
+            total, last = total + h["loss"] * (h["step"] - last), h["step"]
+    return total / max(last, 1)
 
 
 def save(trainer, out: Path) -> None:

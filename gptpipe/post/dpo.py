@@ -12,7 +12,7 @@ def train(s: DPO, wb: Wandb, *, policy: Path, pairs: Path, out: Path) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     tok, model = load_policy(policy)
-    cfg = DPOConfig(**trainer_args(s, wb, "dpo"), beta=s.beta, max_length=s.max_length)
+    cfg = DPOConfig(**trainer_args(s, wb, "dpo", policy, pairs), beta=s.beta, max_length=s.max_length)
     trainer = DPOTrainer(model=model, args=cfg, train_dataset=dataset(pairs, PAIRS), processing_class=tok)
     metrics = fit(trainer, "dpo")
     save(trainer, out)

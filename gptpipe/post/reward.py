@@ -11,15 +11,17 @@ from pathlib import Path
 import torch
 
 from gptpipe.config import Reward, Wandb
+from gptpipe.model import load_pretrained
 from gptpipe.post.common import PAIRS, dataset, fit, logged, save, trainer_args
 
 
-def load(path: Path):
-    """A reward model (or the SFT model it starts from) as a 1-label sequence classifier and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load(path: Path, fresh_head: bool = False):
+    """A reward model as a 1-label sequence classifier and its tokenizer; with `fresh_head`, the SFT model it
+    starts from (its score head is new). Without it, a dir lacking a trained head is refused."""
+    from transformers import AutoModelForSequenceClassification
 
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    tok, model = load_pretrained(path, AutoModelForSequenceClassification, new_head="score." if fresh_head else None,
+                                 num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id  # the score is read at the last token before the padding
     return tok, model
 
@@ -27,8 +29,9 @@ def load(path: Path):
 def train(s: Reward, wb: Wandb, *, policy: Path, pairs: Path, out: Path) -> dict:
     from trl import RewardConfig, RewardTrainer
 
-    tok, model = load(policy)
-    cfg = RewardConfig(**trainer_args(s, wb, "reward"), max_length=s.max_length)
+    torch.manual_seed(s.seed)  # the new score head's init: the same seed makes the same reward model
+    tok, model = load(policy, fresh_head=True)
+    cfg = RewardConfig(**trainer_args(s, wb, "reward", policy, pairs), max_length=s.max_length)
     trainer = RewardTrainer(model=model, args=cfg, train_dataset=dataset(pairs, PAIRS), processing_class=tok)
     metrics = fit(trainer, "reward")
     save(trainer, out)

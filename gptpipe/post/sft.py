@@ -16,7 +16,8 @@ def make_trainer(s: SFT, wb: Wandb, *, policy: Path, conversations: Path, stage:
     from trl import SFTConfig, SFTTrainer
 
     tok, model = load_policy(policy)
-    cfg = SFTConfig(**trainer_args(s, wb, stage), assistant_only_loss=True, max_length=s.max_length, packing=False)
+    cfg = SFTConfig(**trainer_args(s, wb, stage, policy, conversations), assistant_only_loss=True,
+                    max_length=s.max_length, packing=False)
     return SFTTrainer(model=model, args=cfg, train_dataset=dataset(conversations, ("messages",)),
                       processing_class=tok, peft_config=peft_config)
 

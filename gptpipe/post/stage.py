@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -34,3 +35,4 @@ def run(stage: str, train, **inputs: tuple[str, str]) -> None:
         metrics = train(section, p.wandb, out=out, **paths)
     write_metrics(stage, {**metrics, "elapsed_s": round(time.perf_counter() - t0, 2),
                           "device": "cuda" if cuda else "cpu"})
+    shutil.rmtree(f"checkpoints/{stage}", ignore_errors=True)  # they only serve a rerun of a killed run
