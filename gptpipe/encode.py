@@ -29,7 +29,7 @@ def run(t: Tokenizer, *, corpus: Path, tokenizer_dir: Path, tokens_dir: Path) ->
         path = corpus / f"{split}.parquet"
         with tqdm(desc=f"encode {split}", unit="char", unit_scale=True, mininterval=1.0) as bar:
             meta["splits"][split] = shards.write_split(enc, corpus_io.read_texts(path), tokens_dir, split,
-                                                       t.shard_tokens, t.threads, progress=bar)
+                                                       t.shard_tokens, t.workers, progress=bar)
     (tokens_dir / shards.META).write_text(json.dumps(meta, indent=2))
     encode_s = time.perf_counter() - t1
     n_tok = sum(s["tokens"] for s in meta["splits"].values())

@@ -6,8 +6,11 @@ Each document is `<|bos|>` + its tokens; documents are concatenated and cut into
 
 from __future__ import annotations
 
+import collections
 import json
+import multiprocessing as mp
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +25,53 @@ def dtype_for(vocab_size: int):
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
+def encode_docs(enc, batch: list[str]) -> tuple[np.ndarray, int]:
+    """`<|bos|>` + tokens of each document, concatenated, and the batch's UTF-8 bytes."""
+    bos = enc._special_tokens["<|bos|>"]
+    ids = [np.asarray([bos, *doc], dtype=dtype_for(enc.n_vocab)) for doc in enc.encode_ordinary_batch(batch, num_threads=1)]
+    return np.concatenate(ids) if ids else np.empty(0, dtype_for(enc.n_vocab)), sum(len(t.encode("utf-8")) for t in batch)
+
+
+_ENC = None  # each worker process's encoder, set once by the pool's initializer
+
+
+def _init(enc) -> None:
+    global _ENC
+    _ENC = enc
+
+
+def _encode(batch: list[str]) -> tuple[np.ndarray, int]:
+    return encode_docs(_ENC, batch)
+
+
+def encoded(enc, texts: Iterable[str], workers: int, batch_docs: int) -> Iterator[tuple[np.ndarray, int, int]]:
+    """(tokens, bytes, chars) per batch of documents, in order, encoded by `workers` processes.
+
+    Processes, not threads: tiktoken's batch encode does not scale with threads here (measured 11.6 MB/s
+    with 1 thread, 10.1 with 2) but does with processes (8.7 → 13.1 MB/s, 1 → 2). At most 2 × workers
+    batches are in flight, so memory stays flat however large the corpus.
+    """
+    if workers == 1:
+        for batch in batched(texts, batch_docs):
+            yield *encode_docs(enc, batch), sum(map(len, batch))
+        return
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init, initargs=(enc,)) as pool:
+        window = collections.deque()
+        for batch in batched(texts, batch_docs):
+            window.append((pool.submit(_encode, batch), sum(map(len, batch))))
+            if len(window) >= 2 * workers:
+                future, chars = window.popleft()
+                yield *future.result(), chars
+        while window:
+            future, chars = window.popleft()
+            yield *future.result(), chars
+
+
 def write_split(enc, texts: Iterable[str], out: Path, split: str, shard_tokens: int,
-                threads: int, batch_docs: int = 512, progress=None) -> dict:
-    """Encode `texts` in parallel batches and write `{split}_NNNN.bin` shards. Returns counts."""
-    dtype, bos = dtype_for(enc.n_vocab), enc._special_tokens["<|bos|>"]
+                workers: int, batch_docs: int = 256, progress=None) -> dict:
+    """Encode `texts` with `workers` processes and write `{split}_NNNN.bin` shards. Returns counts."""
     files, n_tokens, n_bytes = [], 0, 0
-    buf = np.empty(shard_tokens, dtype=dtype)
+    buf = np.empty(shard_tokens, dtype=dtype_for(enc.n_vocab))
     fill = 0
 
     def flush():
@@ -38,19 +82,17 @@ def write_split(enc, texts: Iterable[str], out: Path, split: str, shard_tokens: 
             files.append({"file": name, "tokens": int(fill)})
             fill = 0
 
-    for batch in batched(texts, batch_docs):
-        for text, ids in zip(batch, enc.encode_ordinary_batch(batch, num_threads=threads)):
-            n_bytes += len(text.encode("utf-8"))
-            ids = np.asarray([bos, *ids], dtype=dtype)
-            n_tokens += len(ids)
-            while len(ids):
-                take = min(len(ids), shard_tokens - fill)
-                buf[fill:fill + take] = ids[:take]
-                fill, ids = fill + take, ids[take:]
-                if fill == shard_tokens:
-                    flush()
-            if progress is not None:
-                progress.update(len(text))
+    for ids, nbytes, chars in encoded(enc, texts, workers, batch_docs):
+        n_bytes += nbytes
+        n_tokens += len(ids)
+        while len(ids):
+            take = min(len(ids), shard_tokens - fill)
+            buf[fill:fill + take] = ids[:take]
+            fill, ids = fill + take, ids[take:]
+            if fill == shard_tokens:
+                flush()
+        if progress is not None:
+            progress.update(chars)
     flush()
     return {"files": files, "tokens": n_tokens, "bytes": n_bytes}
 
@@ -89,7 +131,10 @@ class Shards:
         meta_path = root / META
         if not meta_path.exists():
             raise UserError(f"{meta_path} not found: run `dvc repro tokenize`")
-        self.meta = json.loads(meta_path.read_text())
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except ValueError as e:  # hand-edited, or cut short by a full disk
+            raise UserError(f"{meta_path} is not valid JSON ({e}): rerun `dvc repro tokenize`") from None
         if split not in self.meta["splits"]:
             raise UserError(f"{meta_path} has no {split!r} split; rerun `dvc repro tokenize`")
         dtype = np.dtype(self.meta["dtype"])

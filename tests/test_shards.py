@@ -13,7 +13,7 @@ def test_shards_round_trip(micro_data, tmp_path):
     _, dirs = micro_data
     enc = tokenizer.load(dirs["tokenizer"])
     docs = ["hello world", "def f(x):\n    return x\n", "é 😀"] * 50
-    stats = shards.write_split(enc, docs, tmp_path, "train", shard_tokens=1024, threads=2)
+    stats = shards.write_split(enc, docs, tmp_path, "train", shard_tokens=1024, workers=2)
     assert len(stats["files"]) > 1 and all(f["tokens"] <= 1024 for f in stats["files"])
     flat = np.concatenate([np.fromfile(tmp_path / f["file"], dtype=np.uint16) for f in stats["files"]])
     bos = enc._special_tokens["<|bos|>"]
