@@ -6,3 +6,4 @@ MODELS = {  # name -> (directory, the stage that writes it)
     "quantized": ("models/quantized", "quantize"),
 }
 REWARD = ("models/reward", "reward")
+ADAPTER = ("models/lora/adapter", "lora")  # the LoRA adapter alone, applied to sft

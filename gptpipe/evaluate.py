@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from gptpipe import choice
 from gptpipe.config import Evaluate
-from gptpipe.model import load_pretrained
+from gptpipe.model import load_adapter, load_pretrained
 from gptpipe.shards import Shards
 
 
@@ -139,13 +139,14 @@ def suite(e: Evaluate, tokens: Path, tokenizer_dir: Path, task_rows: list[dict],
                  task_rows, items)
 
 
-def evaluate_model(name: str, model_dir: Path, s: Suite, device, unigram: bool = False) -> dict:
+def evaluate_model(name: str, model_dir: Path, s: Suite, device, unigram: bool = False, base: Path | None = None) -> dict:
     """Eval rows and samples of one model: val bits-per-byte, held-out task accuracy (generated and
     multiple-choice), val cloze, free samples.
 
     With `unigram`, the unigram baseline's bits-per-byte on the same bytes comes along as its own row.
+    With `base`, `model_dir` is a LoRA adapter, scored applied to `base` as a PEFT user would load it.
     """
-    tok, model = load_pretrained(model_dir, dtype=torch.float32)
+    tok, model = load_adapter(model_dir, base) if base else load_pretrained(model_dir, dtype=torch.float32)
     bpb, nbytes = bpb_model(model, s.val, s.token_bytes, s.e, device)
     rows = [row(name, "val", "bpb", bpb, nbytes)]
     if unigram:

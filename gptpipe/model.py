@@ -6,8 +6,12 @@ each overridable in params. Stock architecture, so transformers, TRL, PEFT and l
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
+
+import torch
 
 from transformers import LlamaConfig
 
@@ -67,6 +71,59 @@ def save(model, tok, out) -> None:
                                                pad_token_id=tok.pad_token_id)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+
+
+def weights_digest(path) -> str:
+    """sha256 of a model dir's safetensors files: which base an adapter was trained on, whatever its path."""
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()
+
+
+BASE = "base.json"  # in an adapter dir: the digest of the weights it was trained on
+
+
+def save_adapter(peft_model, out, base) -> None:
+    """A PEFT adapter dir, plus base.json naming the weights (of the model dir `base`) it was trained on."""
+    peft_model.save_pretrained(out)
+    (Path(out) / BASE).write_text(json.dumps({"path": str(base), "weights_sha256": weights_digest(base)}))
+
+
+def load_adapter(adapter, base):
+    """(tokenizer, model): the LoRA adapter in `adapter` applied to the model in `base` and merged.
+
+    An adapter for another base is refused in one line: PEFT would load one of the same shapes silently
+    (the digest in base.json catches it) and fail deep inside on other shapes. Its weights are read from
+    safetensors here; PEFT's own loader would fall back to a pickled adapter_model.bin.
+    """
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    adapter, base = Path(adapter), Path(base)
+    weights = adapter / "adapter_model.safetensors"
+    if not (adapter / "adapter_config.json").is_file() or not weights.is_file():
+        raise UserError(f"{adapter}: no adapter_config.json and adapter_model.safetensors, so no PEFT adapter "
+                        "there; rerun `dvc repro lora`")
+    try:
+        trained_on = json.loads((adapter / BASE).read_text())["weights_sha256"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{adapter}: no readable {BASE} saying which base it was trained on; rerun `dvc repro lora`") from None
+    if trained_on != weights_digest(base):
+        raise UserError(f"{adapter} is a LoRA adapter for another base model than {base} (weights differ); "
+                        f"apply it to the model it was trained on, or rerun `dvc repro lora`")
+    tok, model = load_pretrained(base, dtype=torch.float32)
+    try:
+        peft = get_peft_model(model, PeftConfig.from_pretrained(adapter))
+        unused = set_peft_model_state_dict(peft, load_file(weights)).unexpected_keys
+        if unused:  # weights for modules this base does not have: they would be dropped silently
+            raise ValueError(f"{len(unused)} adapter weights fit no module, e.g. {unused[0]}")
+        model = peft.merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as e:
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{adapter}: does not fit {base} ({type(e).__name__}: {why}); rerun `dvc repro lora`") from None
+    return tok, model
 
 
 def load_pretrained(path, auto=None, new_head: str | None = None, **kw):

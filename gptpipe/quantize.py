@@ -6,7 +6,10 @@ with JSON metadata, so loading back needs no pickle and no gptpipe code: stock `
 
 Schemes: int8 weight-only (CPU and CUDA; activations stay float) and, on CUDA, int4 weight-only with
 groupwise scales. Embeddings stay float: torchao quantizes linear layers (the lm_head included).
-Measured on 2 CPU cores (the 1.8 M-param default model): 7.15 → 4.98 MB, 302 → 350 generated tokens/s.
+Measured on 2 CPU cores (the 1.8 M-param default model): weights 7.15 → 4.98 MB, val bpb +0.001, task
+accuracy unchanged, but generation 522 → 283 tokens/s: at this size nothing waits on memory, so
+dequantizing each weight costs more than it saves. Weight-only int8/int4 pays off where decoding is
+memory-bound (large models, GPUs).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """evaluate: every model -> reports/eval/<model>.json.
 
-Language models (the quantized one too): val bits-per-byte, held-out task accuracy by exact match of
+Language models (the quantized one too; lora as its adapter applied to sft): val bits-per-byte, held-out task accuracy by exact match of
 generated answers and by multiple choice, val cloze, samples. The reward model: pairwise accuracy on
 held-out preference pairs.
 """
@@ -10,7 +10,7 @@ from gptpipe.errors import user_errors
 
 with user_errors("evaluate"):
     from gptpipe import dist
-    from gptpipe.artifacts import MODELS, REWARD
+    from gptpipe.artifacts import ADAPTER, MODELS, REWARD
     from gptpipe.config import load_params
     from gptpipe.errors import require_file
     from gptpipe.evaluate import evaluate_model, evaluate_reward, suite
@@ -18,7 +18,7 @@ with user_errors("evaluate"):
     from gptpipe.post.common import PAIRS
 
     p = load_params()
-    dirs = {m: require_file(d, made_by=stage) for m, (d, stage) in MODELS.items()}
+    dirs = {m: require_file(d, made_by=stage) for m, (d, stage) in (MODELS | {"lora": ADAPTER}).items()}
     reward_dir = require_file(*REWARD)
     tokens = require_file("data/tokens", made_by="tokenize")
     tokenizer = require_file("data/tokenizer", made_by="tokenize")
@@ -27,7 +27,8 @@ with user_errors("evaluate"):
     proc = dist.setup(p.device)
     t0 = time.perf_counter()
     s = suite(p.evaluate, tokens, tokenizer, task_rows, pairs)
-    results = [evaluate_model(m, d, s, proc.device, unigram=m == "base") for m, d in dirs.items()]
+    results = [evaluate_model(m, d, s, proc.device, unigram=m == "base", base=dirs["sft"] if m == "lora" else None)
+               for m, d in dirs.items()]
     results.append(evaluate_reward("reward", reward_dir, pairs, p.evaluate, proc.device))
     with atomic_dir("reports/eval") as out:
         for r in results:

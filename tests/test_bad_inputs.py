@@ -23,7 +23,7 @@ from gptpipe import ckpt, corpus, dist, loop, midtrain, pretrain, shards, tokeni
 from gptpipe.config import Data, Device, HFSource, deep_merge, load_params, read_yaml, validate
 from gptpipe.errors import UserError, user_errors
 from gptpipe.io import atomic_dir, read_jsonl
-from gptpipe.model import llama_config, load_pretrained, save
+from gptpipe.model import llama_config, load_adapter, load_pretrained, save, save_adapter
 from gptpipe.post import reward
 
 from conftest import REPO, sh
@@ -252,6 +252,31 @@ def test_tokenizer_of_another_model(micro_data, tiny_model, tmp_path):
     save(LlamaForCausalLM(llama_config(p.model, 300)), AutoTokenizer.from_pretrained(dirs["tokenizer"]), d)
     with pytest.raises(UserError, match=r"small_vocab: the tokenizer has 512 tokens but the model 300 embeddings"):
         load_pretrained(d)
+
+
+def test_lora_adapter_for_another_base(micro_data, tiny_model, tmp_path):
+    """The adapter loads onto its own base (and equals base + adapter); onto another base it is refused,
+    whether that base has the same shapes (PEFT would load it silently) or other ones."""
+    from peft import LoraConfig, get_peft_model
+
+    p, dirs = micro_data
+    torch.manual_seed(1)
+    peft = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                                 init_lora_weights=False))
+    save_adapter(peft, tmp_path / "adapter", base=tiny_model)
+    x = torch.randint(0, 500, (1, 8))
+    with torch.no_grad():
+        assert torch.allclose(load_adapter(tmp_path / "adapter", tiny_model)[1](x).logits, peft(x).logits, atol=1e-5)
+    tok = AutoTokenizer.from_pretrained(dirs["tokenizer"])
+    save(LlamaForCausalLM(llama_config(p.model, p.tokenizer.vocab_size)), tok, tmp_path / "same_shapes")
+    wider = p.model.model_copy(update={"width": 2 * p.model.d_model})
+    save(LlamaForCausalLM(llama_config(wider, p.tokenizer.vocab_size)), tok, tmp_path / "wider")
+    for other in ("same_shapes", "wider"):
+        with pytest.raises(UserError, match=rf"adapter is a LoRA adapter for another base model than .*{other}"):
+            load_adapter(tmp_path / "adapter", tmp_path / other)
+    (tmp_path / "adapter" / "base.json").unlink()
+    with pytest.raises(UserError, match=r"adapter: no readable base.json"):
+        load_adapter(tmp_path / "adapter", tiny_model)
 
 
 def test_base_model_of_another_vocabulary_for_midtrain(micro_data, tiny_model, tokens, tmp_path, monkeypatch):

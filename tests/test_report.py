@@ -104,8 +104,8 @@ def test_quantization_and_export(tmp_path):
     ws, dbf = quantized_workspace(tmp_path), tmp_path / "r.duckdb"
     db.record_run(dbf, ws)
     con = duckdb.connect(str(dbf), read_only=True)
-    assert con.execute("SELECT model, scheme, bytes_after, tokens_per_s_after FROM quantization").fetchall() == [
-        ("rl", "int8", 4983041, 350.3)]
+    assert con.execute("SELECT model, scheme, bytes_after, tokens_per_s_after, bpb_before, bpb_after, accuracy_before,"
+                       " accuracy_after FROM quantization").fetchall() == [("rl", "int8", 4983041, 350.3, 1.5, 1.52, 0.5, 0.48)]
     assert con.execute("SELECT count(*) FROM exports").fetchall() == [(2,)]
     assert con.execute('SELECT "check", passed FROM export_checks ORDER BY rowid').fetchall() == [
         ("stock transformers loads it and chats", True), ("llama.cpp greedy continuation equals transformers", False)]

@@ -1,7 +1,7 @@
 """LoRA: low-rank adapters on the frozen SFT model, trained with SFTTrainer through PEFT.
 
-Saves the adapter (`PeftModel.from_pretrained(sft, "models/lora/adapter")`) and the adapter merged into
-the weights (`models/lora/merged`, a stock HF dir that anything loads without PEFT).
+Saves the adapter (`PeftModel.from_pretrained(sft, "models/lora/adapter")`), with base.json naming the
+weights it was trained on, and the adapter merged into the weights (`models/lora/merged`, a stock HF dir that anything loads without PEFT).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptpipe.config import LoRA, Wandb
+from gptpipe.model import save_adapter
 from gptpipe.post import sft
 from gptpipe.post.common import fit, logged
 
@@ -23,7 +24,7 @@ def train(s: LoRA, wb: Wandb, *, policy: Path, conversations: Path, out: Path) -
     print(f"lora: {trainable:,} trainable of {total:,} params ({100 * trainable / total:.2f}%)")
     metrics = fit(trainer, "lora")
     if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(out / "adapter")
+        save_adapter(trainer.model, out / "adapter", base=policy)
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(out / "merged")
         for d in ("adapter", "merged"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 MODEL_ORDER = ["unigram", "base", "mid", "sft", "lora", "reward", "dpo", "rl", "quantized"]
-STAGE_ORDER = ["download", "tokenize", "pretrain", "midtrain", "sft", "lora", "reward", "dpo", "rl",
+STAGE_ORDER = ["download", "tasks", "tokenize", "pretrain", "midtrain", "sft", "lora", "reward", "dpo", "rl",
                "evaluate", "quantize", "export", "report"]
 
 

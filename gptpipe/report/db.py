@@ -33,7 +33,9 @@ CREATE TABLE IF NOT EXISTS evals (run_id TEXT, model TEXT, task TEXT, metric TEX
                                   n BIGINT, stderr DOUBLE);
 CREATE TABLE IF NOT EXISTS samples (run_id TEXT, model TEXT, prompt TEXT, completion TEXT);
 CREATE TABLE IF NOT EXISTS quantization (run_id TEXT, model TEXT, scheme TEXT, device TEXT, bytes_before BIGINT,
-                                         bytes_after BIGINT, tokens_per_s_before DOUBLE, tokens_per_s_after DOUBLE);
+                                         bytes_after BIGINT, tokens_per_s_before DOUBLE, tokens_per_s_after DOUBLE,
+                                         bpb_before DOUBLE, bpb_after DOUBLE, accuracy_before DOUBLE,
+                                         accuracy_after DOUBLE);
 CREATE TABLE IF NOT EXISTS exports (run_id TEXT, path TEXT, format TEXT, bytes BIGINT);
 CREATE TABLE IF NOT EXISTS export_checks (run_id TEXT, artifact TEXT, "check" TEXT, passed BOOLEAN, detail TEXT);
 """
@@ -170,8 +172,12 @@ def record_run(db_path: str | Path, workspace: str | Path = ".", title: str = "g
         if c["samples"]:
             con.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)",
                             [[run_id, s["model"], s["prompt"], s["completion"]] for s in c["samples"]])
-        if c["quantization"]:
-            con.execute("INSERT INTO quantization VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [run_id, *c["quantization"]])
+        if c["quantization"]:  # with its quality cost: val bpb and task accuracy of the source and the quantized copy
+            score = {(e["model"], e["task"], e["metric"]): number(e.get("value")) for e in c["evals"]}
+            cost = [score.get((m, task, metric)) for task, metric in (("val", "bpb"), ("tasks", "accuracy"))
+                    for m in (c["quantization"][0], "quantized")]
+            con.execute("INSERT INTO quantization VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, *c["quantization"], *cost])
         if c["exports"]:
             con.executemany("INSERT INTO exports VALUES (?, ?, ?, ?)", [[run_id, *r] for r in c["exports"]])
         if c["export_checks"]:
