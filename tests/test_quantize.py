@@ -3,20 +3,15 @@
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from gptpipe import quantize
 from gptpipe.errors import UserError
-from gptpipe.model import llama_config, save
 
 
 @pytest.fixture(scope="module")
-def model_dir(micro_data, tmp_path_factory):
-    p, dirs = micro_data
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("sft")
-    save(LlamaForCausalLM(llama_config(p.model, p.tokenizer.vocab_size)), AutoTokenizer.from_pretrained(dirs["tokenizer"]), out)
-    return p, out
+def model_dir(micro_data, tiny_model):
+    return micro_data[0], tiny_model
 
 
 def test_int8_shrinks_reloads_without_pickle_and_stays_close(model_dir, tmp_path):
