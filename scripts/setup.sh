@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.gptpipe-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "setup: installing gptpipe and its pinned dependencies into .venv (first time: ~10 min, llama.cpp compiles)"
+    echo "setup: installing gptpipe and its pinned dependencies into .venv (first time: ~7 min, llama.cpp compiles)"
     # This machine's pip config names local index folders that may not exist: drop those warnings.
     quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }; }
     quiet .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
