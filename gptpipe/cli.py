@@ -195,10 +195,6 @@ def cmd_worker(args) -> None:
     os.execve(sys.executable, cmd, env)  # the worker takes this process: signals reach it directly
 
 
-if __name__ == "__main__":
-    main()
-
-
 def cmd_harness(args) -> None:
     """reports/harness/<name>.json in the evaluate stage's format; the report stage adds them to the run."""
     from gptpipe import harness
@@ -213,3 +209,8 @@ def cmd_harness(args) -> None:
     for r in rows:
         print(f"{r['task']:<24} {r['metric']:<16} {fmt(r['value'])} ± {fmt(r['stderr'])}  (n={r['n']})")
     print(f"harness: {path}; `gptpipe run report --single --force` adds it to the report")
+
+
+if __name__ == "__main__":
+    main()
+

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gptpipe.errors import UserError
+
 # ftype -> (GGML type of the 2-D weights, GGUF general.file_type)
 FTYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
 PRE = "llama-bpe"
@@ -70,7 +72,8 @@ def write(model_dir: Path, out_path: Path, ftype: str = "f16") -> Path:
     cfg = json.loads((model_dir / "config.json").read_text())
     rope = cfg.get("rope_parameters") or {"rope_theta": cfg.get("rope_theta", 10000.0)}
     if cfg["model_type"] != "llama" or rope.get("rope_type", "default") != "default":
-        raise ValueError(f"{model_dir}: only plain Llama with default RoPE is supported")
+        raise UserError(f"{model_dir}: only plain Llama with default RoPE can be written as GGUF; export a "
+                        "model of that architecture")
     n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
     qtype, file_type = FTYPES[ftype]
@@ -128,7 +131,8 @@ def add_tokenizer(w, model_dir: Path, vocab_size: int) -> None:
         tokens[a["id"]] = a["content"]
         types[a["id"]] = gguf.TokenType.CONTROL if a["special"] else gguf.TokenType.USER_DEFINED
     if "" in tokens or len(tj["model"]["vocab"]) + len(tj["added_tokens"]) != vocab_size:
-        raise ValueError(f"{model_dir}: the tokenizer does not cover exactly vocab_size={vocab_size} ids")
+        raise UserError(f"{model_dir}: the tokenizer does not cover exactly vocab_size={vocab_size} ids; "
+                        "rerun the stage that made this dir")
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(PRE)
     w.add_token_list(tokens)

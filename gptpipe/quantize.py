@@ -38,10 +38,6 @@ def config(q: Quantize, device: torch.device):
     return Int8WeightOnlyConfig()
 
 
-def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
 def weights_bytes(path: Path) -> int:
     """Bytes of the weight files alone: what quantization shrinks (tokenizer files are the same)."""
     return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))

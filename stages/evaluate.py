@@ -1,7 +1,7 @@
 """evaluate: every model -> reports/eval/<model>.json.
 
-Language models (the quantized one too; lora as its adapter applied to sft): val bits-per-byte, held-out task accuracy by exact match of
-generated answers and by multiple choice, val cloze, samples. The reward model: pairwise accuracy on
+Language models (the quantized one too; lora as its adapter applied to sft): val bits-per-byte,
+held-out task accuracy by exact match of generated answers and by multiple choice, val cloze, samples. The reward model: pairwise accuracy on
 held-out preference pairs.
 """
 import time

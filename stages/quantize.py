@@ -17,7 +17,6 @@ with user_errors("quantize"):
     p = load_params()
     source = require_file(*MODELS[p.export.model])
     proc = dist.setup(p.device)
-    quantize.config(p.quantize, proc.device)  # refuses a scheme this device cannot run, before any work
     t0 = time.perf_counter()
     with atomic_dir("models/quantized") as out:
         m = quantize.run(p.quantize, source, out, proc.device)

@@ -1,6 +1,8 @@
 """lm-evaluation-harness on a tiny saved model with a task read from local files, and its input checks."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -67,3 +69,10 @@ def test_unknown_task_or_missing_folder_is_a_user_error(tiny):
         harness.run(model_dir, ["tiny_compair"], include_path=str(tasks))
     with pytest.raises(UserError, match="nowhere"):
         harness.run(model_dir, ["tiny_compare"], include_path=str(tasks / "nowhere"))
+
+
+def test_cli_refuses_a_missing_model_dir_in_one_line(tmp_path):
+    """`python -m gptpipe.cli harness` as a user runs it: a bad dir is one line and exit 2, no traceback."""
+    r = subprocess.run([sys.executable, "-m", "gptpipe.cli", "harness", str(tmp_path / "nope"), "--tasks", "x"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "nope: not an HF model directory" in r.stderr and "Traceback" not in r.stderr
