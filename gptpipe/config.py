@@ -203,7 +203,7 @@ class Post(Section):
     grad_accum: int = Field(ge=1)
     warmup_ratio: float = Field(ge=0, lt=1)
     weight_decay: float = Field(ge=0)
-    nproc: int = Field(ge=1)                   # >1: relaunched under torchrun (accelerate picks it up)
+    nproc: int = Field(ge=1)                   # >1: relaunched under `accelerate launch`
     ckpt_every: int = Field(ge=0)              # optimizer steps between the checkpoints a rerun resumes from; 0 = none
     seed: int
 

@@ -31,16 +31,25 @@ class Proc:
         return f"cpu:{torch.get_num_threads()}threads"
 
 
-def relaunch_under_torchrun(nproc: int) -> None:
-    """Re-exec this script under torchrun when params ask for more than one process.
+def relaunch(nproc: int, *, accelerate: bool = False, bf16: bool = False) -> None:
+    """Re-exec this stage under `torchrun` (our loop) or `accelerate launch` (the TRL stages) when params ask
+    for more than one process.
 
-    The DVC command stays `python -m stages.X`; the stage decides how many processes it needs.
+    The DVC command stays `python -m stages.X`; the stage decides how many processes it needs. Accelerate's
+    multi-GPU launcher is torch's elastic launcher plus the ACCELERATE_* environment, so it starts N
+    processes on CPU (gloo) as well; port 0 lets it pick a free one, as torchrun's --standalone does.
     """
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         module = sys.modules["__main__"].__spec__.name
-        args = ["torchrun", "--standalone", f"--nproc_per_node={nproc}", "-m", module, *sys.argv[1:]]
+        if accelerate:
+            launcher = ["accelerate", "launch", "--multi_gpu", f"--num_processes={nproc}", "--num_machines=1",
+                        "--main_process_port=0", f"--mixed_precision={'bf16' if bf16 else 'no'}",
+                        "--dynamo_backend=no", "-m"]
+        else:
+            launcher = ["torchrun", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+        args = [*launcher, module, *sys.argv[1:]]
         print(f"launching {nproc} processes: {' '.join(args)}", flush=True)
-        os.execvp("torchrun", args)
+        os.execvp(args[0], args)
 
 
 def wants_cuda(d: Device) -> bool:

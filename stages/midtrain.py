@@ -11,7 +11,7 @@ with user_errors("midtrain"):
     from gptpipe.io import atomic_dir, write_metrics
 
     p = load_params()
-    dist.relaunch_under_torchrun(p.midtrain.nproc)
+    dist.relaunch(p.midtrain.nproc)
     kw = dict(base=require_file("models/base", made_by="pretrain"), tokens=require_file("data/tokens", made_by="tokenize"),
               conversations=require_file("data/raw/tasks/sft.jsonl", made_by="tasks"),
               ckpt_root=Path("checkpoints/midtrain"))

@@ -11,7 +11,7 @@ with user_errors("pretrain"):
     from gptpipe.io import atomic_dir, write_metrics
 
     p = load_params()
-    dist.relaunch_under_torchrun(p.pretrain.nproc)
+    dist.relaunch(p.pretrain.nproc)
     tokens = require_file("data/tokens", made_by="tokenize")
     tokenizer = require_file("data/tokenizer", made_by="tokenize")
     proc = dist.setup(p.device)

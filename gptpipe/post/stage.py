@@ -1,4 +1,4 @@
-"""The body of every TRL stage: params, inputs checked, torchrun when asked, an atomic output, metrics."""
+"""The body of every TRL stage: params, inputs checked, `accelerate launch` when asked, an atomic output, metrics."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def run(stage: str, train, **inputs: tuple[str, str]) -> None:
     if not cuda:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first looks for a GPU: TRL follows torch
     paths = {name: require_file(path, made_by=by) for name, (path, by) in inputs.items()}
-    dist.relaunch_under_torchrun(section.nproc)  # the trainer joins the process group torchrun sets up
+    dist.relaunch(section.nproc, accelerate=True, bf16=cuda)  # the trainer joins the process group it sets up
     t0 = time.perf_counter()
     if int(os.environ.get("RANK", 0)):  # only rank 0 writes the model and the metrics
         with tempfile.TemporaryDirectory() as out:

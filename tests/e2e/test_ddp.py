@@ -1,4 +1,4 @@
-"""DDP under torchrun (2 CPU processes, gloo): the stage relaunch, and the loop's guarantees."""
+"""DDP on 2 CPU processes (gloo): pretrain under torchrun, a TRL stage under `accelerate launch`, the loop's guarantees."""
 
 import json
 import sys
@@ -12,14 +12,15 @@ pytestmark = pytest.mark.e2e
 PROBE = Path(__file__).with_name("ddp_probe.py")
 
 
-def test_pretrain_and_a_trl_stage_under_torchrun(tmp_path):
+def test_pretrain_under_torchrun_and_a_trl_stage_under_accelerate(tmp_path):
     ws = make_workspace(tmp_path / "ws", sets=("pretrain.nproc=2", "pretrain.total_batch_tokens=1024", "sft.nproc=2"))
     r = sh(["dvc", "repro", "sft"], ws)
-    assert r.stdout.count("launching 2 processes: torchrun") == 2
+    assert r.stdout.count("launching 2 processes: torchrun") == 1  # pretrain
+    assert r.stdout.count("launching 2 processes: accelerate launch") == 1  # sft
     m = json.loads((ws / "metrics/pretrain.json").read_text())
     assert m["processes"] == 2 and m["steps"] == 40 and m["val_loss"] > 0
     assert (ws / "models/base/model.safetensors").exists()
-    # The HF Trainer joins torchrun's process group: each rank takes half of every epoch.
+    # The HF Trainer joins the process group accelerate sets up: each rank takes half of every epoch.
     m = json.loads((ws / "metrics/sft.json").read_text())
     assert m["steps"] == -(-m["examples"] // (16 * 2)) and (ws / "models/sft/model.safetensors").exists()
 
