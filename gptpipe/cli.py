@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. pretrain.lr=1e-3")
     run.add_argument("--single", action="store_true", help="only this stage (`dvc repro -s`)")
     run.add_argument("--force", action="store_true", help="rerun even if up to date")
+    run.add_argument("--dry", action="store_true", help="set the params, then only print what would run")
 
     show = sub.add_parser("params", help="validate params.yaml and print it resolved (derived sizes included)")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -85,7 +86,7 @@ def cmd_run(args) -> None:
     if args.set:
         profile.set_values(args.set)
     cmd = ["dvc", "repro", *(["-s"] if args.single else []), *(["-f"] if args.force else []),
-           *([args.stage] if args.stage else [])]
+           *(["--dry"] if args.dry else []), *([args.stage] if args.stage else [])]
     print("+", " ".join(cmd), flush=True)
     sys.exit(subprocess.call(cmd))
 
