@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,18 @@ from pathlib import Path
 from gptpipe.errors import UserError
 
 METRICS, PLOTS, LOGS = Path("metrics"), Path("plots"), Path("logs")
+
+
+def digest(*paths: str | Path, pattern: str = "*") -> str:
+    """sha256 over the bytes and names of files: each path is a file, or a dir whose files matching `pattern`
+    count. Bytes, not mtimes: `dvc checkout` rewrites mtimes; the reads cost about a second per GB."""
+    h = hashlib.sha256()
+    for root in map(Path, paths):
+        for f in sorted(root.rglob(pattern)) if root.is_dir() else [root]:
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    h.update(f"{f.relative_to(root)}\0".encode() + hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()
 
 
 @contextmanager

@@ -3,7 +3,6 @@ conversations rendered by the tokenizer's chat template, so it learns the conver
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from gptpipe import loop
 from gptpipe.config import Params
 from gptpipe.dist import Proc
 from gptpipe.errors import UserError
-from gptpipe.io import read_jsonl
+from gptpipe.io import digest, read_jsonl
 from gptpipe.model import flops_per_token, load_pretrained, save
 from gptpipe.shards import Shards, sample_windows
 
@@ -23,14 +22,6 @@ def chat_stream(tok, conversations: list[dict]) -> np.ndarray:
     """Every conversation rendered with the chat template (each starts with <|bos|>), concatenated."""
     ids = tok.apply_chat_template([c["messages"] for c in conversations], tokenize=True, return_dict=True)["input_ids"]
     return np.fromiter((i for conv in ids for i in conv), dtype=np.int64)
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run(p: Params, proc: Proc, *, base: Path, tokens: Path, conversations: Path, out: Path | None,
@@ -56,8 +47,7 @@ def run(p: Params, proc: Proc, *, base: Path, tokens: Path, conversations: Path,
             parts.append(corpus.sample(t.batch_size - n_chat, t.seq_len, rng))
         return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
-    key = p.hash_of("midtrain", extra=json.dumps(corpus.meta) + file_digest(base / "model.safetensors")
-                    + file_digest(conversations))
+    key = p.hash_of("midtrain", extra=json.dumps(corpus.meta) + digest(base / "model.safetensors", conversations))
     metrics = loop.train(model, t, proc, stage="midtrain", batch_fn=batch_fn,
                          val_windows=list(val.windows(t.seq_len, t.eval_tokens)), total_tokens=t.tokens or
                          int(t.token_ratio * model.num_parameters()),

@@ -6,7 +6,6 @@ each overridable in params. Stock architecture, so transformers, TRL, PEFT and l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -17,6 +16,7 @@ from transformers import LlamaConfig
 
 from gptpipe.config import Model
 from gptpipe.errors import UserError
+from gptpipe.io import digest
 
 
 def llama_config(m: Model, vocab_size: int) -> LlamaConfig:
@@ -75,11 +75,7 @@ def save(model, tok, out) -> None:
 
 def weights_digest(path) -> str:
     """sha256 of a model dir's safetensors files: which base an adapter was trained on, whatever its path."""
-    h = hashlib.sha256()
-    for f in sorted(Path(path).glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            h.update(hashlib.file_digest(fh, "sha256").digest())
-    return h.hexdigest()
+    return digest(path, pattern="*.safetensors")
 
 
 BASE = "base.json"  # in an adapter dir: the digest of the weights it was trained on

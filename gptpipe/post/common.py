@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from gptpipe.config import Post, Wandb
 from gptpipe.errors import UserError
-from gptpipe.io import read_jsonl, write_plot
+from gptpipe.io import digest, read_jsonl, write_plot
 from gptpipe.model import load_pretrained
 
 PAIRS = ("prompt", "chosen", "rejected")  # the columns of the tasks stage's preference pairs
@@ -37,15 +37,9 @@ def dataset(path: Path, keys: tuple[str, ...]):
 
 def ckpt_dir(stage: str, s: Post, inputs: tuple[Path, ...]) -> Path:
     """checkpoints/<stage>/<key>, the key a hash of the stage's params and of its inputs' bytes, so a checkpoint
-    made with other params, another policy or other data is never resumed. Bytes, not mtimes: `dvc checkout`
-    rewrites mtimes, and the reads cost about a second per GB, once per run."""
-    h = hashlib.sha256(s.model_dump_json().encode())
-    for root in inputs:
-        for f in sorted(root.rglob("*")) if root.is_dir() else [root]:
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    h.update(f"{f.relative_to(root)}\0".encode() + hashlib.file_digest(fh, "sha256").digest())
-    return Path("checkpoints", stage, h.hexdigest()[:12])
+    made with other params, another policy or other data is never resumed."""
+    key = hashlib.sha256((s.model_dump_json() + digest(*inputs)).encode()).hexdigest()
+    return Path("checkpoints", stage, key[:12])
 
 
 def trainer_args(s: Post, wb: Wandb, stage: str, *inputs: Path) -> dict:
