@@ -24,28 +24,18 @@ RECIPE = ("data", "tasks", "tokenizer", "model", "pretrain", "midtrain", "sft", 
           "quantize")
 
 
-def chat(model_dir: Path, messages: list[dict], new_tokens: int) -> str:
-    """The greedy reply of a model directory to a conversation, as a user would get it."""
-    tok, model = load_pretrained(model_dir, dtype=torch.float32)
+def chat(tok, model, messages: list[dict], new_tokens: int) -> str:
+    """The greedy reply of a model to a conversation, as a user would get it."""
     enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False)
     return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def chat_text(model_dir: Path, messages: list[dict]) -> str:
-    """The conversation as the model sees it, ready for the assistant's reply (special tokens as text)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir).apply_chat_template(messages, add_generation_prompt=True,
-                                                                        tokenize=False)
-
-
-def hf(source: Path, out: Path) -> None:
+def hf(tok, model, out: Path) -> None:
     """A clean copy of the final model for users: KV cache on, generation stops at the end of a turn."""
     from transformers import GenerationConfig
 
-    tok, model = load_pretrained(source, dtype=torch.float32)
     model.config.use_cache = True
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                                pad_token_id=tok.pad_token_id, do_sample=False)
@@ -58,26 +48,26 @@ def hf(source: Path, out: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
-def check_hf(source: Path, exported: Path, messages: list[dict], new_tokens: int) -> dict:
-    """Stock transformers loads the export and chats; its reply is the source model's reply."""
-    got, want = chat(exported, messages, new_tokens), chat(source, messages, new_tokens)
+def check_hf(exported: Path, messages: list[dict], new_tokens: int, want: str) -> dict:
+    """Stock transformers loads the export and chats; its reply is `want`, the source model's reply."""
+    got = chat(*load_pretrained(exported, dtype=torch.float32), messages, new_tokens)
     return {"artifact": "export/hf", "check": "stock transformers loads it and chats like the source model",
             "passed": got == want,
             "detail": f"{messages[-1]['content']!r} -> {got!r}" + ("" if got == want else f" (source: {want!r})")}
 
 
-def check_gguf(source: Path, path: Path, ftype: str, prompt: str, new_tokens: int) -> dict:
-    """llama.cpp loads the file and continues `prompt` as transformers does.
+def check_gguf(path: Path, ftype: str, ref: dict) -> dict:
+    """llama.cpp loads the file and continues the reference prompt as transformers does (`gguf.reference`).
 
     f32 and f16 must give the same greedy tokens; q8_0 rounds every weight, so for it a small logit error
     is the check and the greedy tokens are reported.
     """
-    r = gguf.check(source, path, prompt, new_tokens)
-    same = r["greedy_equal"]
+    r = gguf.check(path, ref)
+    same, n = r["greedy_equal"], len(ref["greedy"])
     passed = same if ftype in ("f32", "f16") else r["max_abs_logit_diff"] < 0.05 * r["logit_scale"]
     return {"artifact": f"export/gguf/{path.name}", "check": f"llama.cpp ({ftype}) continues like transformers",
             "passed": bool(passed and r["tokenization_equal"]),
-            "detail": f"greedy {new_tokens} tokens {'equal' if same else 'differ at ' + str(r['first_diff'])}; "
+            "detail": f"greedy {n} tokens {'equal' if same else 'differ at ' + str(r['first_diff'])}; "
                       f"max |Δlogit| {r['max_abs_logit_diff']:.2g} (logit scale {r['logit_scale']:.3g}); "
                       f"tokenization {'equal' if r['tokenization_equal'] else 'differs'}"}
 

@@ -12,7 +12,7 @@ has no 3-digit tokens, so text without a run of 3+ digits tokenizes identically;
 "456" + "7" and may come out "4", "56", "7" where ours gives "45", "67". Prompts given as token ids
 are unaffected.
 
-`check` runs the file in llama.cpp (llama-cpp-python) and compares it with transformers.
+`check` runs the file in llama.cpp (llama-cpp-python) and compares it with transformers (`reference`).
 """
 
 from __future__ import annotations
@@ -148,35 +148,39 @@ def add_tokenizer(w, model_dir: Path, vocab_size: int) -> None:
     w.add_chat_template(template.read_text() if template.exists() else tc["chat_template"])
 
 
-def check(model_dir: Path, gguf_path: Path, prompt: str, n_new: int = 16) -> dict:
-    """Run `gguf_path` in llama.cpp and `model_dir` in transformers on the same token ids and compare.
-
-    The ids are our HF tokenizer's for `prompt`, so the logits compare the weights alone;
-    `tokenization_equal` says separately whether llama.cpp's own tokenizer agrees. `rel_diff` is the
-    largest last-position logit difference over the largest logit magnitude.
-    """
+def reference(tok, model, prompt: str, n_new: int = 16) -> dict:
+    """What transformers does with `prompt` (our tokenizer's ids): the last position's logits and `n_new`
+    greedy tokens. Computed once per model, then compared against each GGUF file by `check`."""
     import torch
+
+    ids = tok(prompt)["input_ids"]
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1].double().numpy()
+        greedy = list(ids)
+        for _ in range(n_new):
+            greedy.append(int(model(torch.tensor([greedy])).logits[0, -1].argmax()))
+    return {"prompt": prompt, "ids": ids, "logits": logits, "greedy": greedy[len(ids):]}
+
+
+def check(gguf_path: Path, ref: dict) -> dict:
+    """Run `gguf_path` in llama.cpp on the reference's token ids and compare it with transformers.
+
+    Feeding our ids makes the logits compare the weights alone; `tokenization_equal` says separately
+    whether llama.cpp's own tokenizer agrees. `rel_diff` is the largest last-position logit difference
+    over the largest logit magnitude.
+    """
     from llama_cpp import Llama
 
-    from gptpipe.model import load_pretrained
-
-    tok, model = load_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
-    ids = tok(prompt)["input_ids"]
-    llm = Llama(str(gguf_path), n_ctx=len(ids) + n_new, logits_all=True, verbose=False)
-
+    ids, want, hf = ref["ids"], ref["logits"], ref["greedy"]
+    llm = Llama(str(gguf_path), n_ctx=len(ids) + len(hf), logits_all=True, verbose=False)
     llm.eval(ids)
     got = np.array(llm.scores[len(ids) - 1], dtype=np.float64)
-    with torch.no_grad():
-        want = model(torch.tensor([ids])).logits[0, -1].double().numpy()
-        hf = list(ids)
-        for _ in range(n_new):
-            hf.append(int(model(torch.tensor([hf])).logits[0, -1].argmax()))
     cpp = list(ids)
-    for _ in range(n_new):
+    for _ in hf:
         cpp.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
         llm.eval([cpp[-1]])
-    hf, cpp = hf[len(ids):], cpp[len(ids):]
+    cpp = cpp[len(ids):]
     diff = float(np.abs(got - want).max())
     return {
         "n_prompt": len(ids),
@@ -187,5 +191,5 @@ def check(model_dir: Path, gguf_path: Path, prompt: str, n_new: int = 16) -> dic
         "first_diff": next((i for i, (a, b) in enumerate(zip(hf, cpp)) if a != b), None),
         "greedy_hf": hf,
         "greedy_llama": cpp,
-        "tokenization_equal": llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids,
+        "tokenization_equal": llm.tokenize(ref["prompt"].encode(), add_bos=False, special=True) == ids,
     }

@@ -9,11 +9,14 @@ from pathlib import Path
 from gptpipe.errors import user_errors
 
 with user_errors("export"):
+    import torch
+
     from gptpipe import export, gguf
     from gptpipe.artifacts import MODELS
     from gptpipe.config import load_params, read_yaml
     from gptpipe.errors import UserError, require_file
     from gptpipe.io import atomic_dir, read_json, read_jsonl, write_json, write_metrics
+    from gptpipe.model import load_pretrained
 
     p = load_params()
     source = require_file(*MODELS[p.export.model])
@@ -21,14 +24,17 @@ with user_errors("export"):
     quant = read_json(require_file("metrics/quantize.json", made_by="quantize"))
     question = read_jsonl(require_file("data/raw/tasks/eval.jsonl", made_by="tasks"), ("prompt",))[0]["prompt"]
     t0 = time.perf_counter()
+    tok, model = load_pretrained(source, dtype=torch.float32)  # loaded once: the reference for every check
+    n = p.export.check_new_tokens
+    want = export.chat(tok, model, question, n)
+    ref = gguf.reference(tok, model, tok.apply_chat_template(question, add_generation_prompt=True, tokenize=False), n)
     with atomic_dir("export") as out:
-        export.hf(source, out / "hf")
-        checks = [export.check_hf(source, out / "hf", question, p.export.check_new_tokens)]
+        export.hf(tok, model, out / "hf")
+        checks = [export.check_hf(out / "hf", question, n, want)]
         (out / "gguf").mkdir()
-        prompt = export.chat_text(source, question)
         for ftype in p.export.gguf:
             path = gguf.write(source, out / "gguf" / f"model-{ftype}.gguf", ftype)
-            checks.append(export.check_gguf(source, path, ftype, prompt, p.export.check_new_tokens))
+            checks.append(export.check_gguf(path, ftype, ref))
         (out / "README.md").write_text(export.model_card(p.export.model, evals, quant, checks, read_yaml("params.yaml"),
                                                          [f"model-{t}.gguf" for t in p.export.gguf]))
         for c in checks:

@@ -6,7 +6,7 @@ from gguf import GGUFReader
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from gptpipe import gguf as g
-from gptpipe.model import llama_config, save
+from gptpipe.model import llama_config, load_pretrained, save
 
 # Only 1- and 2-digit numbers: llama.cpp's "llama-bpe" splitter groups up to 3 digits (see gptpipe/gguf.py).
 TEXT = "".join(f"def add_{i}(x):\n    return x + {i}  # adds {i}\n\n" for i in range(40))
@@ -51,9 +51,18 @@ def exported(trained, tmp_path_factory):
     return {ft: g.write(trained, out / f"model-{ft}.gguf", ft) for ft in g.FTYPES}
 
 
+def reference(model_dir, n_new):
+    return g.reference(*load_pretrained(model_dir, dtype=torch.float32), PROMPT, n_new)
+
+
+@pytest.fixture(scope="module")
+def ref(trained):
+    return reference(trained, 16)
+
+
 @pytest.mark.parametrize("ftype", list(g.FTYPES))
-def test_llama_cpp_matches_transformers(trained, exported, ftype):
-    r = g.check(trained, exported[ftype], PROMPT, n_new=16)
+def test_llama_cpp_matches_transformers(ref, exported, ftype):
+    r = g.check(exported[ftype], ref)
     assert r["logit_scale"] > 5, "the trained model should be confident"
     assert r["rel_diff"] < REL_TOL[ftype], r
     assert r["greedy_equal"], r
@@ -65,7 +74,7 @@ def test_tied_embeddings(micro_data, tmp_path):
     model = make_model(micro_data, tmp_path / "tied", tied=True)
     path = g.write(model, tmp_path / "tied.gguf", "f32")
     assert "output.weight" not in {t.name for t in GGUFReader(path).tensors}
-    r = g.check(model, path, PROMPT, n_new=4)
+    r = g.check(path, reference(model, 4))
     assert r["rel_diff"] < REL_TOL["f32"], r
 
 
