@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     pl.add_argument("--gpu", default="h100", help="h100, h200, a100, l40s, 4090")
     pl.add_argument("--mfu", type=float, default=0.4, help="expected model FLOPs utilisation, 0-1 (measure: bench/gpu.sh)")
     pl.add_argument("--price", type=float, help="$ per GPU-hour (default: a rough on-demand price for --gpu)")
+    pl.add_argument("--params", action="store_true", help="size pretrain as params.yaml sets it: model, tokens, "
+                    "pretrain.nproc devices at device.peak_flops (--depth/--gpus unused)")
 
     fl = sub.add_parser("flow", help="run the Prefect speedrun flow here: one task per DVC stage, DVC decides what runs")
     fl.add_argument("action", choices=["run"])
@@ -104,7 +106,7 @@ def cmd_params(args) -> None:
 
 
 def cmd_plan(args) -> None:
-    from gptpipe.plan import GPUS, describe, plan
+    from gptpipe.plan import GPUS, describe, from_params, plan
 
     if args.gpu not in GPUS:
         raise UserError(f"--gpu {args.gpu}: unknown GPU; known: {', '.join(GPUS)}")
@@ -112,12 +114,21 @@ def cmd_plan(args) -> None:
         raise UserError(f"--mfu {args.mfu}: a fraction of peak, in (0, 1], e.g. 0.4")
     if args.depth < 1 or args.gpus < 1 or (args.price is not None and args.price < 0):
         raise UserError("--depth and --gpus must be at least 1, --price at least 0")
+    if args.params:
+        from gptpipe.config import load_params
+
+        p = load_params()
+        device = args.gpu if p.device.type == "cuda" else "cpu"
+        print(describe(from_params(p, device, args.mfu, args.price), "pretrain as params.yaml sets it",
+                       p.pretrain.nproc, device, args.mfu))
+        return
     p = plan(args.depth, args.gpus, args.gpu, mfu=args.mfu, price=args.price)
-    print(describe(p, args.depth, args.gpus, args.gpu, args.mfu))
+    print(describe(p, f"depth {args.depth}", args.gpus, args.gpu, args.mfu))
 
 
 def cmd_profile(args) -> None:
     from gptpipe import profile
+    from gptpipe.config import load_params
 
     if args.action == "list":
         for f in sorted(profile.PROFILES.glob("*.yaml")):
@@ -127,6 +138,12 @@ def cmd_profile(args) -> None:
         raise UserError("gptpipe profile use NAME: name a profile (see `gptpipe profile list`)")
     overlay = profile.use(args.name)
     print(f"params.yaml: applied {overlay}; `git diff params.yaml` shows what changed, `dvc repro` runs it")
+    p = load_params()
+    if p.device.type == "cuda":  # what the switch costs, before anyone starts it
+        from gptpipe.plan import describe, from_params
+
+        print(describe(from_params(p), "pretrain", p.pretrain.nproc, "h100", 0.4)
+              + " (`gptpipe plan --params --gpu G --mfu M` for other GPUs; measure MFU with bench/gpu.sh)")
 
 
 

@@ -32,6 +32,14 @@ class Plan:
     cost: float
 
 
+def estimate(cfg, tokens: int, seq_len: int, gpus: int, peak: float, mfu: float, price: float) -> Plan:
+    n = count_params(cfg)
+    fpt = flops_per_token(cfg, seq_len)
+    flops = fpt * tokens
+    hours = flops / (gpus * peak * mfu) / 3600
+    return Plan(n["total"], n["non_embedding"], tokens, fpt, flops, hours, hours * gpus * price)
+
+
 def plan(depth: int, gpus: int, gpu: str = "h100", *, mfu: float = 0.4, vocab: int = 65536,
          seq_len: int = 2048, aspect_ratio: int = 64, head_dim: int = 128, kv_group: int = 1,
          token_ratio: float = 20.0, price: float | None = None) -> Plan:
@@ -39,17 +47,31 @@ def plan(depth: int, gpus: int, gpu: str = "h100", *, mfu: float = 0.4, vocab: i
     m = Model(depth=depth, aspect_ratio=aspect_ratio, head_dim=head_dim, kv_group=kv_group,
               max_seq_len=seq_len, width=None, n_head=None, n_kv_head=None)
     cfg = llama_config(m, vocab)
-    n = count_params(cfg)
-    tokens = int(token_ratio * n["total"])
-    fpt = flops_per_token(cfg, seq_len)
-    flops = fpt * tokens
-    hours = flops / (gpus * peak * mfu) / 3600
-    return Plan(n["total"], n["non_embedding"], tokens, fpt, flops, hours,
-                hours * gpus * (default_price if price is None else price))
+    tokens = int(token_ratio * count_params(cfg)["total"])
+    return estimate(cfg, tokens, seq_len, gpus, peak, mfu, default_price if price is None else price)
 
 
-def describe(p: Plan, depth: int, gpus: int, gpu: str, mfu: float) -> str:
-    return (f"depth {depth}: {p.params / 1e6:,.0f}M params ({p.params_non_embedding / 1e6:,.0f}M non-embedding), "
-            f"{p.tokens / 1e9:,.2f}B tokens (Chinchilla 20x), {p.flops_per_token / 1e9:.2f} GFLOP/token, "
-            f"{p.flops:.3g} FLOPs\n"
-            f"on {gpus}x {gpu} at {100 * mfu:.0f}% MFU: {p.hours:,.2f} h, ~${p.cost:,.0f}")
+def from_params(p, gpu: str = "h100", mfu: float = 0.4, price: float | None = None) -> Plan:
+    """The pretrain stage of a Params as it would run: its model, token budget (the rule of gptpipe.pretrain)
+    and pretrain.nproc devices at device.peak_flops; priced per hour of `gpu` ("cpu": free)."""
+    cfg = llama_config(p.model, p.tokenizer.vocab_size)
+    t = p.pretrain
+    tokens = t.tokens or int(t.token_ratio * count_params(cfg)["total"])
+    return estimate(cfg, tokens, t.seq_len, t.nproc, p.device.peak_flops, mfu,
+                    price if price is not None else GPUS[gpu][1] if gpu in GPUS else 0.0)
+
+
+def describe(p: Plan, what: str, gpus: int, gpu: str, mfu: float) -> str:
+    secs = p.hours * 3600
+    took = f"{p.hours:,.2f} h" if secs >= 3600 else f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.2g} s"
+    return (f"{what}: {si(p.params)} params ({si(p.params_non_embedding)} non-embedding), {si(p.tokens)} tokens "
+            f"({p.tokens / p.params:.2g} per param), {p.flops_per_token / 1e9:.3g} GFLOP/token, {p.flops:.3g} FLOPs\n"
+            f"on {gpus}x {gpu} at {100 * mfu:.0f}% MFU: {took}, ~${p.cost:,.0f}")
+
+
+def si(n: float) -> str:
+    """562M, 11.2B, 1.84M: three significant digits and a unit."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.3g}"

@@ -20,6 +20,7 @@ PROFILES = Path("profiles")
 def _yaml() -> YAML:
     y = YAML()
     y.preserve_quotes = True
+    y.width = 4096  # long flow lists stay on one line
     y.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     return y
 

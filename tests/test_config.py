@@ -1,5 +1,6 @@
 """params.yaml loading: the shipped files validate; every bad input names its key."""
 
+import itertools
 import re
 import subprocess
 import sys
@@ -21,6 +22,21 @@ def test_default_and_profiles_validate():
     assert p.model.d_model == p.model.depth * p.model.aspect_ratio
     for overlay in (REPO / "profiles").glob("*.yaml"):
         validate(deep_merge(raw(), read_yaml(overlay)), overlay.name)
+
+
+def test_profiles_switch_in_any_order():
+    """Each profile sets every key any profile sets, so `profile use B` gives the same params.yaml whatever
+    profile was applied before it (an overlay that left a key out would inherit the previous profile's)."""
+    overlays = {f.stem: read_yaml(f) for f in (REPO / "profiles").glob("*.yaml")}
+    for a, b in itertools.permutations(overlays, 2):
+        once, twice = deep_merge(raw(), overlays[b]), deep_merge(deep_merge(raw(), overlays[a]), overlays[b])
+        assert twice == once, f"{a} then {b} keeps {a}'s {diff_keys(once, twice)}: add them to profiles/{b}.yaml"
+
+
+def diff_keys(x: dict, y: dict, pre: str = "") -> list[str]:
+    return [k for key in x.keys() | y.keys() for k in (
+        diff_keys(x[key], y[key], f"{pre}{key}.") if isinstance(x.get(key), dict) and isinstance(y.get(key), dict)
+        else [pre + key] if x.get(key) != y.get(key) else [])]
 
 
 def test_depth_rule_and_overrides():

@@ -1,8 +1,13 @@
 """The scaling planner's formulas."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from gptpipe.plan import GPUS, plan
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_formulas_tie_together():
@@ -32,3 +37,28 @@ def test_cli_prints_a_plan_and_refuses_bad_flags():
     assert r.returncode == 0 and "M params" in r.stdout and "8x h100" in r.stdout and "$" in r.stdout
     r = run("--mfu", "40")
     assert r.returncode == 2 and "--mfu" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_plan_from_params_uses_the_pretrain_budget_and_processes():
+    from gptpipe.config import load_params
+    from gptpipe.plan import from_params
+
+    p = load_params(REPO / "params.yaml", ["pretrain.tokens=1000000"])
+    x = from_params(p, mfu=0.5)
+    assert x.tokens == 1_000_000
+    assert x.hours == pytest.approx(x.flops / (p.device.peak_flops * p.pretrain.nproc * 0.5) / 3600)
+    p = load_params(REPO / "params.yaml", ["pretrain.tokens=null"])
+    assert from_params(p).tokens == int(p.pretrain.token_ratio * from_params(p).params)
+
+
+def test_switching_to_a_gpu_profile_prints_what_it_costs(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(REPO / "params.yaml", tmp_path)
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    r = subprocess.run([sys.executable, "-m", "gptpipe.cli", "profile", "use", "speedrun-8xh100"], cwd=tmp_path,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    assert "562M params" in r.stdout and "on 8x h100 at 40% MFU" in r.stdout and "~$" in r.stdout
