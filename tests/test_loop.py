@@ -57,6 +57,18 @@ def test_loss_goes_down_and_artifacts_are_written(micro_data, tmp_path, monkeypa
     assert events[0] == "start" and events[-1] == "end"
 
 
+def test_compiled_step_trains_like_eager(micro_data, tmp_path, monkeypatch):
+    """pretrain.compile (the default on CPU too: 1.2-1.3x tokens/s at the default size) is the same math."""
+    runs = {}
+    for compiled in (False, True):
+        (tmp_path / str(compiled)).mkdir()
+        model, t, kw = setup_run(micro_data, tmp_path / str(compiled), monkeypatch, compile=compiled)
+        kw["total_tokens"] = t.total_batch_tokens * 4
+        runs[compiled] = loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / str(compiled) / "ck", **kw)
+    assert runs[True]["final_loss"] == pytest.approx(runs[False]["final_loss"], rel=1e-4)
+    assert runs[True]["val_loss"] == pytest.approx(runs[False]["val_loss"], rel=1e-4)
+
+
 def test_nan_loss_stops_with_the_last_good_checkpoint(micro_data, tmp_path, monkeypatch):
     model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, ckpt_every=5)
     calls = {"n": 0}
