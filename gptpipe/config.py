@@ -181,6 +181,10 @@ class Train(Section):
     log_every: int = Field(ge=1)
     seed: int
 
+    def budget(self, params: int) -> int:
+        """Tokens to train on: `tokens`, or token_ratio per parameter when it is null."""
+        return self.tokens or int(self.token_ratio * params)
+
     @model_validator(mode="after")
     def _batch(self):
         if self.total_batch_tokens % (self.batch_size * self.seq_len * self.nproc):

@@ -49,8 +49,7 @@ def run(p: Params, proc: Proc, *, base: Path, tokens: Path, conversations: Path,
 
     key = p.hash_of("midtrain", extra=json.dumps(corpus.meta) + digest(base / "model.safetensors", conversations))
     metrics = loop.train(model, t, proc, stage="midtrain", batch_fn=batch_fn,
-                         val_windows=list(val.windows(t.seq_len, t.eval_tokens)), total_tokens=t.tokens or
-                         int(t.token_ratio * model.num_parameters()),
+                         val_windows=list(val.windows(t.seq_len, t.eval_tokens)), total_tokens=t.budget(model.num_parameters()),
                          flops_per_token=flops_per_token(model.config, t.seq_len), peak_flops=p.device.peak_flops,
                          ckpt_root=ckpt_root, key=key, wandb_cfg=p.wandb,
                          run_config=p.model_dump(include={"midtrain"}))

@@ -56,7 +56,7 @@ def from_params(p, gpu: str = "h100", mfu: float = 0.4, price: float | None = No
     and pretrain.nproc devices at device.peak_flops; priced per hour of `gpu` ("cpu": free)."""
     cfg = llama_config(p.model, p.tokenizer.vocab_size)
     t = p.pretrain
-    tokens = t.tokens or int(t.token_ratio * count_params(cfg)["total"])
+    tokens = t.budget(count_params(cfg)["total"])
     return estimate(cfg, tokens, t.seq_len, t.nproc, p.device.peak_flops, mfu,
                     price if price is not None else GPUS[gpu][1] if gpu in GPUS else 0.0)
 

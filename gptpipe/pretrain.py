@@ -30,7 +30,7 @@ def run(p: Params, proc: Proc, *, tokens: Path, tokenizer: Path, out: Path | Non
     counts = count_params(cfg)
     fpt = flops_per_token(cfg, t.seq_len)
     chinchilla = 20 * counts["total"]
-    total_tokens = t.tokens or int(t.token_ratio * counts["total"])
+    total_tokens = t.budget(counts["total"])
     if proc.main:
         print(f"model: {p.model.depth} layers, width {cfg.hidden_size}, {cfg.num_attention_heads} heads "
               f"({cfg.num_key_value_heads} kv), {counts['total'] / 1e6:.2f}M params "
