@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gptpipe.errors import UserError
+from gptpipe.errors import UserError, cause
 
 STATE = "state.json"
 
@@ -66,7 +66,6 @@ def load(path: Path, model, optimizer, device) -> dict:
         # weights_only: the optimizer state is tensors and numbers; nothing else may be unpickled.
         optimizer.load_state_dict(torch.load(path / "optim.pt", map_location=device, weights_only=True))
     except (pickle.UnpicklingError, SafetensorError, RuntimeError, ValueError, KeyError, OSError, EOFError) as e:
-        why = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{path}: unusable checkpoint ({type(e).__name__}: {why}); delete {path} "
+        raise UserError(f"{path}: unusable checkpoint ({cause(e)}); delete {path} "
                         "to train this stage from the start") from None
     return json.loads((path / STATE).read_text())

@@ -9,6 +9,11 @@ class UserError(Exception):
     """Bad input (params, files, data, CLI args). Printed as one message, exit code 2."""
 
 
+def cause(e: BaseException) -> str:
+    """`Type: first line of the message` (at most 200 characters) of a library's exception, for a UserError."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
 @contextmanager
 def user_errors(where: str):
     """Turn UserError, a full disk and Ctrl-C into a one-line message and a non-zero exit.

@@ -15,7 +15,7 @@ import torch
 from transformers import LlamaConfig
 
 from gptpipe.config import Model
-from gptpipe.errors import UserError
+from gptpipe.errors import UserError, cause
 from gptpipe.io import digest
 
 
@@ -117,8 +117,7 @@ def load_adapter(adapter, base):
             raise ValueError(f"{len(unused)} adapter weights fit no module, e.g. {unused[0]}")
         model = peft.merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as e:
-        why = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{adapter}: does not fit {base} ({type(e).__name__}: {why}); rerun `dvc repro lora`") from None
+        raise UserError(f"{adapter}: does not fit {base} ({cause(e)}); rerun `dvc repro lora`") from None
     return tok, model
 
 
@@ -149,8 +148,7 @@ def load_pretrained(path, auto=None, new_head: str | None = None, **kw):
         raise UserError(f"{path}: corrupt or truncated weights ({e}); restore them (`dvc checkout`) or rerun "
                         "the stage that makes them") from None
     except (OSError, ValueError, KeyError, RuntimeError) as e:  # RuntimeError: shapes unlike config.json's
-        why = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{path}: not a model gptpipe can load ({type(e).__name__}: {why}); point at a stock HF "
+        raise UserError(f"{path}: not a model gptpipe can load ({cause(e)}); point at a stock HF "
                         "dir whose config.json matches its weights") from None
     missing = sorted(k for k in info["missing_keys"] if not (new_head and k.startswith(new_head)))
     if missing:

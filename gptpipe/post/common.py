@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from transformers import TrainerCallback
 
 from gptpipe.config import Post, Wandb
-from gptpipe.errors import UserError
+from gptpipe.errors import UserError, cause
 from gptpipe.io import digest, read_jsonl, write_plot
 from gptpipe.model import load_pretrained
 
@@ -102,8 +102,7 @@ def fit(trainer, stage: str) -> dict:
     except (pickle.UnpicklingError, SafetensorError) as e:  # only a checkpoint's files raise these
         if not resume:
             raise
-        why = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{resume}: unusable checkpoint ({type(e).__name__}: {why}); delete {resume} "
+        raise UserError(f"{resume}: unusable checkpoint ({cause(e)}); delete {resume} "
                         "to train this stage from the start") from None
     secs = time.perf_counter() - t0
     if trainer.is_world_process_zero():
