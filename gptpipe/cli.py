@@ -106,7 +106,7 @@ def cmd_params(args) -> None:
 
 
 def cmd_plan(args) -> None:
-    from gptpipe.plan import GPUS, describe, from_params, plan
+    from gptpipe.plan import GPUS, describe, describe_params, plan
 
     if args.gpu not in GPUS:
         raise UserError(f"--gpu {args.gpu}: unknown GPU; known: {', '.join(GPUS)}")
@@ -117,10 +117,7 @@ def cmd_plan(args) -> None:
     if args.params:
         from gptpipe.config import load_params
 
-        p = load_params()
-        device = args.gpu if p.device.type == "cuda" else "cpu"
-        print(describe(from_params(p, device, args.mfu, args.price), "pretrain as params.yaml sets it",
-                       p.pretrain.nproc, device, args.mfu))
+        print(describe_params(load_params(), args.gpu, args.mfu, args.price))
         return
     p = plan(args.depth, args.gpus, args.gpu, mfu=args.mfu, price=args.price)
     print(describe(p, f"depth {args.depth}", args.gpus, args.gpu, args.mfu))
@@ -140,10 +137,10 @@ def cmd_profile(args) -> None:
     print(f"params.yaml: applied {overlay}; `git diff params.yaml` shows what changed, `dvc repro` runs it")
     p = load_params()
     if p.device.type == "cuda":  # what the switch costs, before anyone starts it
-        from gptpipe.plan import describe, from_params
+        from gptpipe.plan import describe_params
 
-        print(describe(from_params(p), "pretrain", p.pretrain.nproc, "h100", 0.4)
-              + " (`gptpipe plan --params --gpu G --mfu M` for other GPUs; measure MFU with bench/gpu.sh)")
+        print(describe_params(p) + " (`gptpipe plan --params --gpu G --mfu M` for other GPUs; measure MFU with "
+              "bench/gpu.sh)")
 
 
 

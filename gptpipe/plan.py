@@ -61,6 +61,13 @@ def from_params(p, gpu: str = "h100", mfu: float = 0.4, price: float | None = No
                     price if price is not None else GPUS[gpu][1] if gpu in GPUS else 0.0)
 
 
+def describe_params(p, gpu: str = "h100", mfu: float = 0.4, price: float | None = None) -> str:
+    """`describe` of `from_params`: pretrain as params.yaml sets it, on its devices (named `gpu` when CUDA)."""
+    device = gpu if p.device.type == "cuda" else "cpu"
+    return describe(from_params(p, device, mfu, price), "pretrain as params.yaml sets it", p.pretrain.nproc,
+                    device, mfu)
+
+
 def describe(p: Plan, what: str, gpus: int, gpu: str, mfu: float) -> str:
     secs = p.hours * 3600
     took = f"{p.hours:,.2f} h" if secs >= 3600 else f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.2g} s"
