@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -324,15 +325,20 @@ def test_corrupt_checkpoint(micro_data, tmp_path):
         ckpt.load(step, m, opt, torch.device("cpu"))
 
 
-def test_sigint_mid_stage(tmp_path):
-    """A real Ctrl-C while an output is half written: exit 130, one line, the previous output kept."""
+@pytest.mark.parametrize("sig, inherited", [(signal.SIGINT, signal.SIG_DFL), (signal.SIGINT, signal.SIG_IGN),
+                                             (signal.SIGTERM, signal.SIG_DFL), (signal.SIGTERM, signal.SIG_IGN)])
+def test_signal_mid_stage(tmp_path, sig, inherited):
+    """A real Ctrl-C or SIGTERM while an output is half written: exit 128 + signal, one line, the previous
+    output kept, no temporary dir left; also when the parent started the child with the signal ignored
+    (what a shell's background job does to SIGINT)."""
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "w").write_text("previous")
     code = ("import os, signal, time\nfrom gptpipe.errors import user_errors\nfrom gptpipe.io import atomic_dir\n"
             "with user_errors('pretrain'), atomic_dir('out') as d:\n"
-            "    (d / 'w').write_text('half')\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(30)\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 130
+            f"    (d / 'w').write_text('half')\n    os.kill(os.getpid(), {int(sig)})\n    time.sleep(30)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                       preexec_fn=lambda: signal.signal(sig, inherited))
+    assert r.returncode == 128 + sig
     assert r.stderr.strip() == "interrupted [pretrain]: outputs left as they were before this run"
     assert sorted(os.listdir(tmp_path)) == ["out"] and (tmp_path / "out" / "w").read_text() == "previous"
 
