@@ -123,12 +123,70 @@ def test_quantization_and_export(tmp_path):
     assert "reply: &lt;42&gt; |" in md
 
 
+EFFECTS = {"rows": [  # as the evaluate stage writes them, dpo first: the table puts them in pipeline order
+    {"stage": "dpo", "metric": "tasks/accuracy", "before_model": "sft", "after_model": "dpo", "before": 0.474,
+     "after": 0.484, "diff": 0.01, "ci_low": None, "ci_high": None, "n": None,
+     "higher_is_better": True, "significant": False, "regression": False},
+    {"stage": "sft", "metric": "tasks/accuracy", "before_model": "mid", "after_model": "sft", "before": 0.102,
+     "after": 0.474, "diff": 0.372, "ci_low": 0.33, "ci_high": 0.41, "n": 1000,
+     "higher_is_better": True, "significant": True, "regression": False},
+    {"stage": "sft", "metric": "val/bpb", "before_model": "mid", "after_model": "sft", "before": 1.149,
+     "after": 3.548, "diff": 2.399, "ci_low": 2.2, "ci_high": 2.6, "n": 256,
+     "higher_is_better": False, "significant": True, "regression": True}]}
+
+
+def effects_workspace(root):
+    ws = quantized_workspace(root)
+    (ws / "reports/effects.json").write_text(json.dumps(EFFECTS))
+    (ws / "reports/eval/sft.json").write_text(json.dumps({"rows": [  # worse than unigram (3.0): a regression
+        {"model": "sft", "task": "val", "metric": "bpb", "value": 3.548, "n": 256},
+        {"model": "sft", "task": "tasks", "metric": "accuracy", "value": 0.474, "n": 1000}]}))
+    return ws
+
+
+def test_what_each_stage_did(tmp_path):
+    ws, dbf = effects_workspace(tmp_path), tmp_path / "r.duckdb"
+    run = db.record_run(dbf, ws)
+    con = duckdb.connect(str(dbf), read_only=True)
+    assert con.execute("SELECT stage, metric, diff, ci_low, n, significant, regression FROM effects "
+                       "WHERE run_id = ? ORDER BY rowid", [run]).fetchall() == [
+        ("dpo", "tasks/accuracy", 0.01, None, None, False, False),
+        ("sft", "tasks/accuracy", 0.372, 0.33, 1000, True, False), ("sft", "val/bpb", 2.399, 2.2, 256, True, True)]
+    assert con.execute("SELECT count(*) FROM evals WHERE model = 'sft'").fetchall() == [(2,)]  # effects.json: no evals
+    con.close()
+
+    data = db.load(dbf)
+    assert len(data["latest"]["effects"]) == 3
+    page, md = html.render(data), markdown.render(data)
+    assert page.index("Report card") < page.index("What each stage did") < page.index("<h2>Stages")
+    assert ("<tr><td>sft</td><td>tasks/accuracy</td><td>mid: 0.102</td><td>sft: 0.474</td>"
+            "<td>+0.372 [+0.330, +0.410]</td><td>significant</td></tr>") in page
+    assert ('<tr><td class=bad>sft</td><td class=bad>val/bpb</td><td class=bad>mid: 1.149</td>'
+            '<td class=bad>sft: 3.548</td><td class=bad>+2.399 [+2.200, +2.600]</td><td class=bad>REGRESSION</td>'
+            '</tr><tr><td>dpo</td><td>tasks/accuracy</td><td>sft: 0.474</td><td>dpo: 0.484</td><td>+0.010</td>'
+            '<td>not significant</td></tr>') in page  # pipeline order: sft before dpo
+    assert ("<tr><td>val</td><td>bpb</td><td>3</td><td>1.5</td><td class=bad>3.548</td><td>1.5</td><td>1.52</td>"
+            "</tr>") in page  # of the card's bpb cells, only sft's is above unigram's
+    assert ".bad{color:#b00" in page
+    # the history shows each run's headline scores: base and the chat model (export.model, default rl)
+    assert "<td>rl</td><td>1.5</td><td>1.5</td><td>0.5</td><td>0.474</td><td>–</td></tr>" in page
+
+    assert md.index("## Report card") < md.index("## What each stage did") < md.index("## Stages")
+    assert r"| sft | tasks/accuracy | mid: 0.102 | sft: 0.474 | +0.372 \[+0.330, +0.410\] | significant |" in md
+    assert (r"| **sft** | **val/bpb** | **mid: 1.149** | **sft: 3.548** | **+2.399 \[+2.200, +2.600\]** "
+            "| **REGRESSION** |") in md
+    assert "| val | bpb | 3 | 1.5 | **3.548** | 1.5 | 1.52 |" in md
+
+
 @pytest.mark.parametrize("name, content", [
     ("metrics/quantize.json", "{not json"),
     ("metrics/quantize.json", json.dumps({**QUANTIZE, "model": None})),
     ("reports/export.json", json.dumps({"files": [], "checks": [{"artifact": "a", "check": "c", "passed": "no"}]})),
     ("reports/export.json", json.dumps([1, 2])),
-], ids=["not json", "model not text", "passed not a bool", "not an object"])
+    ("reports/effects.json", json.dumps({"rows": [{**EFFECTS["rows"][0], "regression": "no"}]})),
+    ("reports/effects.json", json.dumps({"rows": [{**EFFECTS["rows"][0], "stage": None}]})),
+], ids=["not json", "model not text", "passed not a bool", "not an object", "regression not a bool",
+        "stage not text"])
 def test_malformed_stage_files_name_the_file_and_record_nothing(tmp_path, name, content):
     ws, dbf = quantized_workspace(tmp_path), tmp_path / "r.duckdb"
     db.record_run(dbf, ws)
@@ -141,13 +199,15 @@ def test_malformed_stage_files_name_the_file_and_record_nothing(tmp_path, name, 
 def test_database_from_before_quantization_still_works(tmp_path):
     ws, dbf = workspace(tmp_path), tmp_path / "r.duckdb"
     old = db.record_run(dbf, ws)
-    con = duckdb.connect(str(dbf))  # what an older version created: no quantization or export tables
-    con.execute("DROP TABLE quantization; DROP TABLE exports; DROP TABLE export_checks")
+    con = duckdb.connect(str(dbf))  # what an older version created: no quantization, effects or export tables
+    con.execute("DROP TABLE quantization; DROP TABLE effects; DROP TABLE exports; DROP TABLE export_checks")
     con.close()
-    new = db.record_run(dbf, quantized_workspace(tmp_path))
+    new = db.record_run(dbf, effects_workspace(tmp_path))
     data = db.load(dbf)
     assert [r["run_id"] for r in data["runs"]] == [new, old]
     assert data["latest"]["quantization"]["scheme"] == "int8" and data["previous"]["quantization"] is None
+    assert len(data["latest"]["effects"]) == 3 and data["previous"]["effects"] == []
+    assert "No stage effects in this run" in html.render({**data, "latest": data["previous"]})
 
 
 def test_history_is_embedded_inert(tmp_path):
@@ -171,6 +231,20 @@ def test_loss_chart_edge_cases():
     one = html.loss_chart([{"stage": "sft", "step": 5, "name": "loss", "value": 2.0}])
     assert "<circle" in one and "<polyline" not in one and ">step</text>" in one  # no tokens column: x is steps
     assert "No training curves" in html.loss_chart([{"stage": "sft", "step": 5, "name": "lr", "value": 0.1}])
+
+
+def test_loss_chart_has_one_panel_per_training_stage():
+    curves = [{"stage": st, "step": s, "name": n, "value": v} for st, s, n, v in [
+        ("sft", 1, "loss", 2.0), ("sft", 2, "loss", 1.0),  # no tokens: its own x is steps
+        ("pretrain", 1, "tokens", 100), ("pretrain", 2, "tokens", 200), ("pretrain", 1, "loss", 9.0),
+        ("pretrain", 2, "loss", 5.0), ("pretrain", 2, "val_loss", 6.0), ("rl", 1, "reward", 0.5)]]
+    chart = html.loss_chart(curves)
+    panels = re.findall(r"<figure><figcaption>(\w+)</figcaption>(.*?)</figure>", chart)
+    assert [name for name, _ in panels] == ["pretrain", "sft"]  # pipeline order; rl logged no loss
+    (_, pretrain), (_, sft) = panels
+    assert ">tokens</text>" in pretrain and ">200</text>" in pretrain and ">9</text>" in pretrain
+    assert ">step</text>" in sft and ">2</text>" in sft and ">9</text>" not in sft  # its own axes
+    assert pretrain.count("<polyline") == 1 and pretrain.count("<circle") == 1 and "<circle" not in sft
 
 
 def test_locked_database_is_reported_clearly(tmp_path):

@@ -14,7 +14,7 @@ import subprocess
 import time
 
 import pytest
-from test_report import quantized_workspace, workspace
+from test_report import EFFECTS, quantized_workspace, workspace
 
 from gptpipe.report import db, html
 
@@ -137,6 +137,7 @@ def test_report_in_browser(tmp_path, browser):
     ws = workspace(tmp_path / "ws", lr=0.002, bpb=1.25, completion=EVIL)
     with open(ws / "params.yaml", "a") as f:  # a param only the second run has, shown by the script
         f.write(f"  note: {json.dumps(EVIL)}\n")
+    (ws / "reports/effects.json").write_text(json.dumps(EFFECTS))  # with a regression, shown in red
     db.record_run(dbf, ws, title="<b>second</b>")
     page = tmp_path / "index.html"
     page.write_text(html.render(db.load(dbf)))
@@ -148,6 +149,9 @@ def test_report_in_browser(tmp_path, browser):
     assert "<td>size (MB)</td><td>7.152</td>" in dom  # quantization from the first run's files
     assert browser.js(tab, "document.querySelector('h1').textContent") == "<b>second</b>"
     assert EVIL in browser.js(tab, "[...document.querySelectorAll('pre b')].map(b => b.textContent)")  # the sample
+    style = "(q, p) => getComputedStyle(document.querySelector(q))[p]"  # our stylesheet applies under the CSP
+    assert browser.js(tab, f"({style})('td.bad', 'color')") == "rgb(187, 0, 0)"
+    assert browser.js(tab, f"({style})('.panels', 'display')") == "flex"
 
     def comparison():  # what the script put in place of the static comparison, as cell texts
         return browser.js(tab, "[...document.querySelectorAll('#compare tr')]"

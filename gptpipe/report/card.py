@@ -1,13 +1,18 @@
-"""What both report pages show, as plain tables: the report card, stages, quantization, export, and the
-run comparison (static, with the previous run, and the history the page's script compares any two of)."""
+"""What both report pages show, as plain tables: the report card, what each stage did, stages, quantization,
+export, and the run comparison (static, with the previous run, and the history the page's script compares
+any two of). A cell that shows a regression is a `Bad` string, so each page can mark it its own way."""
 
 from __future__ import annotations
 
 import json
 
 MODEL_ORDER = ["unigram", "base", "mid", "sft", "lora", "reward", "dpo", "rl", "quantized"]
-STAGE_ORDER = ["download", "tasks", "tokenize", "pretrain", "midtrain", "sft", "lora", "reward", "dpo", "rl",
-               "evaluate", "quantize", "export", "report"]
+STAGE_ORDER = ["download", "tasks", "tokenize", "pretrain", "midtrain", "sft", "lora", "pairs", "reward", "dpo",
+               "rl", "quantize", "evaluate", "export", "report"]
+
+
+class Bad(str):
+    """A table cell showing a regression: red on the page, bold in Markdown."""
 
 
 def in_order(names, order: list[str]) -> list[str]:
@@ -28,12 +33,42 @@ def models_of(evals: list[dict]) -> list[str]:
     return in_order((e["model"] for e in evals), MODEL_ORDER)
 
 
+def regressions(evals: list[dict]) -> set[tuple[str, str, str]]:
+    """The (task, metric, model) scores that are regressions: val bits/byte worse than the unigram model's."""
+    bpb = {e["model"]: e["value"] for e in evals if (e["task"], e["metric"]) == ("val", "bpb")}
+    floor = bpb.get("unigram")
+    return {("val", "bpb", m) for m, v in bpb.items() if None not in (v, floor) and v > floor}
+
+
 def report_card(evals: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per (task, metric), one column per model in pipeline order."""
     models = models_of(evals)
     cells = {(e["task"], e["metric"], e["model"]): e["value"] for e in evals}
     keys = list(dict.fromkeys((e["task"], e["metric"]) for e in evals))
-    return ["task", "metric", *models], [[t, m, *(fmt(cells.get((t, m, x))) for x in models)] for t, m in keys]
+    bad = regressions(evals)
+
+    def cell(key):
+        return (Bad if key in bad else str)(fmt(cells.get(key)))
+    return ["task", "metric", *models], [[t, m, *(cell((t, m, x)) for x in models)] for t, m in keys]
+
+
+def interval(diff, low, high) -> str:
+    """A change with its 95% interval when there is one: "+0.372 [+0.330, +0.414]"."""
+    if diff is None:
+        return "–"
+    return f"{diff:+.3f}" + (f" [{low:+.3f}, {high:+.3f}]" if low is not None and high is not None else "")
+
+
+def effect_table(effects: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Each stage's model against the one it started from, per metric, in pipeline order; regressions are Bad."""
+    order = {s: i for i, s in enumerate(in_order((e["stage"] for e in effects), STAGE_ORDER))}
+    rows = []
+    for e in sorted(effects, key=lambda e: order[e["stage"]]):
+        verdict = "REGRESSION" if e["regression"] else "significant" if e["significant"] else "not significant"
+        row = [e["stage"], e["metric"], f"{e['before_model']}: {fmt(e['before'])}",
+               f"{e['after_model']}: {fmt(e['after'])}", interval(e["diff"], e["ci_low"], e["ci_high"]), verdict]
+        rows.append([Bad(c) for c in row] if e["regression"] else row)
+    return ["stage", "metric", "before", "after", "change [95% interval]", "verdict"], rows
 
 
 def stage_table(stages: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -105,6 +140,19 @@ def export_files(files: list[dict]) -> tuple[list[str], list[list[str]]]:
 def export_checks(checks: list[dict]) -> tuple[list[str], list[list[str]]]:
     rows = [[c["artifact"], c["check"], "pass" if c["passed"] else "FAIL", fmt(c["detail"])] for c in checks]
     return ["artifact", "check", "result", "detail"], rows
+
+
+def history_table(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Every run with its headline scores, so a changed param shows in the numbers it moved."""
+    rows = []
+    for r in runs:
+        chat = (json.loads(r["params_json"]).get("export") or {}).get("model", "rl")  # the final chat model
+        score = [r["scores"].get(k) for k in ("val/bpb/base", f"val/bpb/{chat}", f"tasks/accuracy/{chat}",
+                                              "tasks/accuracy/sft", "prefs/pairwise_accuracy/reward")]
+        rows.append([r["run_id"], f"{r['created_at']:%Y-%m-%d %H:%M}", r["git_rev"][:10], r["params_hash"], chat,
+                     *map(fmt, score)])
+    return ["run", "date (UTC)", "git", "params", "chat model", "base val bpb", "chat val bpb",
+            "chat tasks accuracy", "sft tasks accuracy", "reward pairwise accuracy"], rows
 
 
 def history(runs: list[dict]) -> list[dict]:

@@ -2,7 +2,7 @@
 
 A run is one execution of the report stage, keyed by time, git rev and params hash. Its rows come from
 the files the stages wrote: metrics/<stage>.json, plots/<stage>.csv, reports/eval/<model>.json and, when
-those stages ran, metrics/quantize.json and reports/export.json.
+those stages ran, metrics/quantize.json, reports/effects.json and reports/export.json.
 Connections are short-lived (DuckDB lets one writer hold the file), and a run is written in one
 transaction, so a crash never leaves half a run.
 """
@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS quantization (run_id TEXT, model TEXT, scheme TEXT, d
                                          bytes_after BIGINT, tokens_per_s_before DOUBLE, tokens_per_s_after DOUBLE,
                                          bpb_before DOUBLE, bpb_after DOUBLE, accuracy_before DOUBLE,
                                          accuracy_after DOUBLE);
+CREATE TABLE IF NOT EXISTS effects (run_id TEXT, stage TEXT, metric TEXT, before_model TEXT, after_model TEXT,
+                                    before DOUBLE, after DOUBLE, diff DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+                                    n BIGINT, higher_is_better BOOLEAN, significant BOOLEAN, regression BOOLEAN);
 CREATE TABLE IF NOT EXISTS exports (run_id TEXT, path TEXT, format TEXT, bytes BIGINT);
 CREATE TABLE IF NOT EXISTS export_checks (run_id TEXT, artifact TEXT, "check" TEXT, passed BOOLEAN, detail TEXT);
 """
@@ -109,6 +112,18 @@ def quantization(q: dict) -> list:
             *(number(q.get(k)) for k in ("bytes_before", "bytes_after", "tokens_per_s_before", "tokens_per_s_after"))]
 
 
+def effects(x: dict) -> list[list]:
+    """What each stage changed: its model against the one it started from, per metric."""
+    rows = []
+    for r in x["rows"]:
+        n = number(r.get("n"))
+        rows.append([*(text(r[k]) for k in ("stage", "metric", "before_model", "after_model")),
+                     *(number(r[k]) for k in ("before", "after", "diff")),
+                     number(r.get("ci_low")), number(r.get("ci_high")), None if n is None else int(n),
+                     *(boolean(r[k]) for k in ("higher_is_better", "significant", "regression"))])
+    return rows
+
+
 def exports(x: dict) -> tuple[list, list]:
     files = [[text(f["path"]), text(f["format"]), number(f.get("bytes"))] for f in x["files"]]
     checks = [[text(c["artifact"]), text(c["check"]), boolean(c["passed"]), text(c.get("detail"), optional=True)]
@@ -130,14 +145,16 @@ def collect(workspace: Path) -> dict:
                 step = number(row.pop("step", None))
                 if step is not None:
                     curves += [(f.stem, int(step), k, x) for k, v in row.items() if (x := number(v)) is not None]
-    evals, samples = [], []
-    reports = workspace / "reports"  # the evaluate stage's rows, then any `gptpipe harness` rows
+    reports = workspace / "reports"
+    ef = reports / "effects.json"  # the evaluate stage's stage-by-stage changes
+    effect_rows = shaped(ef, read_json(ef), effects) if ef.exists() else []
+    evals, samples = [], []  # the evaluate stage's rows, then any `gptpipe harness` rows
     for f in [*sorted((reports / "eval").glob("*.json")), *sorted((reports / "harness").glob("*.json"))]:
         data = read_json(f)
         evals += data.get("rows", [])
         samples += data.get("samples", [])
     return {"params": params, "stages": stages, "curves": curves, "evals": evals, "samples": samples,
-            "quantization": quant, "exports": files, "export_checks": checks}
+            "quantization": quant, "effects": effect_rows, "exports": files, "export_checks": checks}
 
 
 def record_run(db_path: str | Path, workspace: str | Path = ".", title: str = "gptpipe") -> str:
@@ -178,6 +195,9 @@ def record_run(db_path: str | Path, workspace: str | Path = ".", title: str = "g
                     for m in (c["quantization"][0], "quantized")]
             con.execute("INSERT INTO quantization VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [run_id, *c["quantization"], *cost])
+        if c["effects"]:
+            con.executemany("INSERT INTO effects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [[run_id, *r] for r in c["effects"]])
         if c["exports"]:
             con.executemany("INSERT INTO exports VALUES (?, ?, ?, ?)", [[run_id, *r] for r in c["exports"]])
         if c["export_checks"]:
@@ -198,10 +218,10 @@ def _rows(con, sql: str, args=()) -> list[dict]:
 def load(db_path: str | Path) -> dict:
     """Plain data for the renderers: every run newest first; the latest run in full; the one before it.
 
-    {"runs": [{run_id, created_at, git_rev, params_hash, params_json, title, base_bpb,
+    {"runs": [{run_id, created_at, git_rev, params_hash, params_json, title,
                scores: {"task/metric/model": value}}, ...],
      "latest"/"previous": None or a run plus params (dict), quantization (dict or None) and lists of dicts:
-     stages, evals, samples, curves (stage, step, name, value), exports, export_checks}
+     stages, evals, samples, curves (stage, step, name, value), effects, exports, export_checks}
     """
     con = connect(db_path, read_only=True)
     try:
@@ -217,6 +237,7 @@ def load(db_path: str | Path) -> dict:
                     "curves": _rows(con, "SELECT stage, step, name, value FROM metrics WHERE run_id = ? "
                                          "ORDER BY stage, name, step", [rid]),
                     "quantization": quant[0] if quant else None,
+                    "effects": _rows(con, "SELECT * FROM effects WHERE run_id = ? ORDER BY rowid", [rid]),
                     "exports": _rows(con, "SELECT * FROM exports WHERE run_id = ? ORDER BY rowid", [rid]),
                     "export_checks": _rows(con, "SELECT * FROM export_checks WHERE run_id = ? ORDER BY rowid", [rid])}
 
@@ -225,7 +246,6 @@ def load(db_path: str | Path) -> dict:
             scores.setdefault(e["run_id"], {})[f"{e['task']}/{e['metric']}/{e['model']}"] = e["value"]
         for r in runs:
             r["scores"] = scores.get(r["run_id"], {})
-            r["base_bpb"] = r["scores"].get("val/bpb/base")
         latest = run(runs[0]) if runs else None
         previous = run(runs[1]) if len(runs) > 1 else None
     finally:

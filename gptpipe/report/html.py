@@ -14,8 +14,8 @@ import hashlib
 import json
 from html import escape
 
-from gptpipe.report.card import (eval_deltas, export_checks, export_files, history, params_diff,
-                                 quantization_table, report_card, stage_table)
+from gptpipe.report.card import (STAGE_ORDER, Bad, effect_table, eval_deltas, export_checks, export_files, history,
+                                 history_table, in_order, params_diff, quantization_table, report_card, stage_table)
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -23,7 +23,8 @@ h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child,td.l{text-align:left}
 pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;word-break:break-all;margin:.3em 0 1em}
-.muted{color:#777}svg{background:#fff;border:1px solid #eee}
+.muted{color:#777}svg{background:#fff;border:1px solid #eee}.bad{color:#b00;font-weight:600}
+.panels{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figcaption{font-weight:600}
 """
 # Compares any two runs of the embedded history; replaces the static comparison with the previous run.
 COMPARE_JS = """
@@ -85,34 +86,39 @@ def json_block(id: str, data) -> str:
     return f'<script type="application/json" id="{id}">{inert}</script>'
 
 
+def td(c) -> str:
+    return f"<td class=bad>{esc(c)}</td>" if isinstance(c, Bad) else f"<td>{esc(c)}</td>"
+
+
 def table(header, rows) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(td(c) for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def loss_chart(curves: list[dict], width: int = 720, height: int = 300) -> str:
-    """Training loss (lines) and validation loss (dots) of each training stage against tokens (or steps).
-
-    Drawn here as inline SVG so the page needs no plotting library. The x axis is tokens when every
-    plotted stage logged them, else steps: one axis must mean one thing.
-    """
+def loss_chart(curves: list[dict]) -> str:
+    """Training loss (line) and validation loss (dots): one small panel per training stage, in pipeline order."""
     series = {}
     for c in curves:
         series.setdefault(c["stage"], {}).setdefault(c["name"], []).append((c["step"], c["value"]))
-    series = {k: v for k, v in series.items() if "loss" in v or "val_loss" in v}
-    xname = "tokens" if series and all("tokens" in cols for cols in series.values()) else "step"
-    lines = []
-    for stage, cols in series.items():
-        x_of = dict(cols.get(xname, []))  # step -> x
-        for name in ("loss", "val_loss"):
-            pts = [(x_of.get(s, s), v) for s, v in cols.get(name, [])]
-            if pts:
-                lines.append((stage, name, pts))
-    if not lines:
+    panels = [loss_panel(st, series[st]) for st in in_order(series, STAGE_ORDER)
+              if "loss" in series[st] or "val_loss" in series[st]]
+    if not panels:
         return '<p class="muted">No training curves in this run.</p>'
-    xs = [x for *_, p in lines for x, _ in p]
-    ys = [y for *_, p in lines for _, y in p]
+    return '<div class=panels>' + "".join(panels) + "</div>"
+
+
+def loss_panel(stage: str, cols: dict, width: int = 340, height: int = 220) -> str:
+    """One stage's losses on its own axes, against tokens when it logged them, else steps.
+
+    Drawn here as inline SVG so the page needs no plotting library.
+    """
+    xname = "tokens" if "tokens" in cols else "step"
+    x_of = dict(cols.get(xname, []))  # step -> x
+    lines = [(name, pts) for name in ("loss", "val_loss")
+             if (pts := [(x_of.get(s, s), v) for s, v in cols.get(name, [])])]
+    xs = [x for _, p in lines for x, _ in p]
+    ys = [y for _, p in lines for _, y in p]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
     pad = 48
@@ -121,7 +127,8 @@ def loss_chart(curves: list[dict], width: int = 720, height: int = 300) -> str:
         return (pad + (x - x0) / (x1 - x0) * (width - 2 * pad),
                 height - pad + (y0 - y) / (y1 - y0) * (height - 2 * pad))
 
-    out = [f'<svg width="{width}" height="{height}" role="img">']  # HTML5 needs no xmlns for inline SVG
+    out = [f'<figure><figcaption>{esc(stage)}</figcaption>'
+           f'<svg width="{width}" height="{height}" role="img">']  # HTML5 needs no xmlns for inline SVG
     for i in range(5):  # grid and tick labels
         y = y0 + (y1 - y0) * i / 4
         _, py = px(x0, y)
@@ -131,18 +138,17 @@ def loss_chart(curves: list[dict], width: int = 720, height: int = 300) -> str:
         qx, _ = px(x, y0)
         out.append(f'<text x="{qx:.1f}" y="{height - pad + 16}" font-size="11" text-anchor="middle">{x:,.0f}</text>')
     out.append(f'<text x="{width / 2}" y="{height - 8}" font-size="12" text-anchor="middle">{xname}</text>')
-    stage_color = {st: COLORS[i % len(COLORS)] for i, st in enumerate(series)}  # a stage's loss and val share one
-    for i, (stage, name, pts) in enumerate(lines):
-        color = stage_color[stage]
+    for i, (name, pts) in enumerate(lines):
+        color = COLORS[i]
         if name == "loss" and len(pts) > 1:
             path = " ".join(f"{a:.1f},{b:.1f}" for a, b in (px(x, y) for x, y in pts))
             out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}"/>')
         else:
             out += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3.5" fill="{color}" stroke="#000"/>'
                     for a, b in (px(x, y) for x, y in pts)]  # val points, or a lone training point
-        out.append(f'<text x="{width - pad - 4}" y="{pad + 14 * i}" font-size="11" text-anchor="end" '
-                   f'fill="{color}">{esc(stage)} {esc(name)}</text>')
-    return "".join(out) + "</svg>"
+        out.append(f'<text x="{width - pad - 4}" y="{pad - 20 + 14 * i}" font-size="11" text-anchor="end" '
+                   f'fill="{color}">{name}</text>')
+    return "".join(out) + "</svg></figure>"
 
 
 def section(title: str, tables: list, missing: str) -> list[str]:
@@ -164,6 +170,7 @@ def render(data: dict) -> str:
              f"{esc(run['params_hash'])} · {run['created_at']:%Y-%m-%d %H:%M} UTC</p>",
              "<h2>Report card</h2>",
              table(*report_card(run["evals"])) if run["evals"] else "<p class=muted>No evaluations.</p>",
+             *section("What each stage did", [effect_table(run["effects"])], "No stage effects in this run."),
              "<h2>Stages</h2>", table(*stage_table(run["stages"])),
              *section("Quantization", [quantization_table(q, run["evals"])] if q else [],
                       "No quantization in this run."),
@@ -188,9 +195,7 @@ def render(data: dict) -> str:
         parts.append(table(["model", "task", "metric", "before", "now", "change"], deltas)
                      if deltas else "<p class=muted>No common evaluations.</p>")
     parts.append("</div><h2>Run history</h2>")
-    parts.append(table(["run", "date (UTC)", "git", "params", "base val bpb"],
-                       [[r["run_id"], f"{r['created_at']:%Y-%m-%d %H:%M}", r["git_rev"][:10], r["params_hash"],
-                         "–" if r["base_bpb"] is None else f"{r['base_bpb']:.4f}"] for r in data["runs"]]))
+    parts.append(table(*history_table(data["runs"])))
     parts.append(json_block("history", history(data["runs"])))
     parts.append(f"<script>{COMPARE_JS}</script></body></html>")
     return "\n".join(parts)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from html import escape
 
-from gptpipe.report.card import export_checks, export_files, quantization_table, report_card, stage_table
+from gptpipe.report.card import (Bad, effect_table, export_checks, export_files, quantization_table, report_card,
+                                 stage_table)
 
 
 MARKUP = re.compile(r"([\\`*_\[\]!])")  # what would turn text into emphasis, code, links or remote images
@@ -17,9 +18,14 @@ def cell(s) -> str:
     return " ".join(MARKUP.sub(r"\\\1", escape(str(s), quote=False)).replace("|", "\\|").split())
 
 
+def marked(c) -> str:
+    """A cell, in bold when it shows a regression (Markdown has no color)."""
+    return f"**{cell(c)}**" if isinstance(c, Bad) else cell(c)
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows])
+    return "\n".join(lines + ["| " + " | ".join(marked(c) for c in r) + " |" for r in rows])
 
 
 def section(title: str, tables: list, missing: str) -> list[str]:
@@ -37,6 +43,7 @@ def render(data: dict) -> str:
              f"run `{run['run_id']}` · git `{run['git_rev'][:10]}` · params `{run['params_hash']}` · "
              f"{run['created_at']:%Y-%m-%d %H:%M} UTC", "", "## Report card", "",
              table(*report_card(run["evals"])) if run["evals"] else "No evaluations.", "",
+             *section("What each stage did", [effect_table(run["effects"])], "No stage effects in this run."),
              "## Stages", "", table(*stage_table(run["stages"])), "",
              *section("Quantization", [quantization_table(q, run["evals"])] if q else [],
                       "No quantization in this run."),
