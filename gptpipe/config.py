@@ -97,7 +97,7 @@ class Tasks(Section):
     """The chat sets behind SFT, preferences, RL and evaluation: synthetic (gptpipe/tasks.py) or from
     Hugging Face datasets (gptpipe/chat_data.py)."""
     source: Literal["synthetic", "hf"]
-    names: list[Literal["compare", "copy", "last_word", "add", "reverse"]] = Field(min_length=1)
+    names: list[Literal["compare", "copy", "last_word", "next_number", "reverse"]] = Field(min_length=1)
     train_per_task: int = Field(ge=1)
     heldout_per_task: int = Field(ge=1)
     heldout_fraction: float = Field(gt=0, lt=1)   # share of each task's question space kept for held-out
@@ -217,10 +217,11 @@ class Supervised(Post):
 
 
 class SFT(Supervised):
-    """TRL SFTTrainer on the task conversations, loss on assistant tokens only."""
+    """TRL SFTTrainer on the task conversations (loss on the assistant's tokens) mixed with corpus text."""
+    text_fraction: float = Field(ge=0, lt=1)   # share of the rows that are pretraining text windows
 
 
-class LoRA(Supervised):
+class LoRA(SFT):
     """PEFT LoRA adapters trained with SFTTrainer on top of the frozen SFT model."""
     r: int = Field(ge=1)
     alpha: float = Field(gt=0)
@@ -235,6 +236,19 @@ class Reward(Supervised):
 class DPO(Supervised):
     """TRL DPOTrainer from SFT, with SFT as the frozen reference."""
     beta: float = Field(gt=0)                  # strength of the pull towards the reference
+    sft_weight: float = Field(ge=0)            # weight of an NLL term on the chosen replies (RPO); 0 = plain DPO
+
+
+class Pairs(Section):
+    """Preference pairs for reward and dpo. policy: the SFT model samples replies to the RL prompts and the task
+    checker labels them (on-policy). tasks: the tasks stage's pairs as they are (e.g. a preference dataset)."""
+    source: Literal["policy", "tasks"]
+    samples: int = Field(ge=2)                 # replies sampled per prompt
+    max_prompts: int | None = Field(ge=1)      # prompts sampled from, per split (the first ones); null = all
+    temperature: float = Field(gt=0)
+    max_new_tokens: int = Field(ge=1)
+    batch_size: int = Field(ge=1)              # prompts per generate call (each with `samples` replies)
+    seed: int
 
 
 class RewardWeights(Section):
@@ -250,6 +264,7 @@ class RewardWeights(Section):
 
 class RL(Post):
     """Online, PPO-style RL from SFT: TRL GRPO (clipped ratio, group-relative advantages) or RLOO."""
+    start: Literal["sft", "dpo"]               # the policy RL starts from (and keeps close to)
     algorithm: Literal["grpo", "rloo"]
     num_generations: int = Field(ge=2)         # completions sampled per prompt (the group)
     max_completion_length: int = Field(ge=1)
@@ -273,7 +288,8 @@ class Device(Section):
 
 class Evaluate(Section):
     tokens: int = Field(ge=1)                # validation tokens scored for bits-per-byte
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1)            # val windows (and multiple-choice items) per forward pass
+    gen_batch_size: int = Field(ge=1)        # held-out questions answered per generate call
     prompts: list[str] = Field(min_length=1)
     max_new_tokens: int = Field(ge=1)
     temperature: float = Field(ge=0)         # 0 = greedy
@@ -327,6 +343,7 @@ class Params(Section):
     sft: SFT
     lora: LoRA
     reward: Reward
+    pairs: Pairs
     dpo: DPO
     rl: RL
     device: Device

@@ -37,37 +37,37 @@ def rate_rows(model: str, metric: str, hits: dict[str, list[bool]], overall: str
     return rows
 
 
-def bpb_model(model, val: Shards, token_bytes: torch.Tensor, e: Evaluate, device) -> tuple[float, int]:
-    """(bits per byte, target bytes) of `model` on the first e.tokens validation tokens."""
+def bpb_model(model, val: Shards, token_bytes: torch.Tensor, e: Evaluate, device) -> tuple[float, int, list]:
+    """(bits per byte, target bytes, [(nats, bytes)] per window) of `model` on the first e.tokens val tokens."""
     seq_len = model.config.max_position_embeddings
     windows = list(val.windows(seq_len, e.tokens))
-    nats, nbytes = 0.0, 0
+    per_window = []
     model.eval().to(device)
     with torch.no_grad():
         for i in range(0, len(windows), e.batch_size):
             rows = torch.stack(windows[i:i + e.batch_size]).to(device)
             x, y = rows[:, :-1], rows[:, 1:]
             logits = model(input_ids=x).logits.float()
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-            b = token_bytes.to(device)[y.flatten()]
-            nats += (loss * (b > 0)).sum().item()
-            nbytes += b.sum().item()
-    return nats / nbytes / math.log(2), nbytes
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+            b = token_bytes.to(device)[y]
+            per_window += zip((loss * (b > 0)).sum(1).tolist(), b.sum(1).tolist())
+    nats, nbytes = sum(n for n, _ in per_window), sum(b for _, b in per_window)
+    return nats / nbytes / math.log(2), nbytes, per_window
 
 
-def bpb_unigram(train: Shards, val: Shards, token_bytes: torch.Tensor, seq_len: int, max_tokens: int) -> float:
+def bpb_unigram(train: Shards, val: Shards, token_bytes: torch.Tensor, seq_len: int,
+                max_tokens: int) -> tuple[float, list]:
     """The same metric for a model that ignores context: add-one smoothed token frequencies of train."""
     counts = np.zeros(train.vocab_size, dtype=np.float64)
     for a in train.arrays:
         counts += np.bincount(a, minlength=train.vocab_size)
     logp = torch.from_numpy(np.log(counts + 1) - np.log(counts.sum() + train.vocab_size))
-    nats, nbytes = 0.0, 0
+    per_window = []
     for w in val.windows(seq_len, max_tokens):
         y = w[1:]
         b = token_bytes[y]
-        nats -= (logp[y] * (b > 0)).sum().item()
-        nbytes += b.sum().item()
-    return nats / nbytes / math.log(2)
+        per_window.append((-(logp[y] * (b > 0)).sum().item(), b.sum().item()))
+    return sum(n for n, _ in per_window) / sum(b for _, b in per_window) / math.log(2), per_window
 
 
 def samples(model, tok, e: Evaluate, device, name: str) -> list[dict]:
@@ -86,31 +86,43 @@ def samples(model, tok, e: Evaluate, device, name: str) -> list[dict]:
     return out
 
 
-def task_accuracy(model, tok, rows: list[dict], device, name: str, batch: int = 32,
-                  max_new_tokens: int = 12) -> tuple[list[dict], list[dict]]:
-    """Greedy answers to held-out task prompts (batched, left-padded, KV cache), scored by exact match.
+def replies(model, tok, prompts: list[list[dict]], device, batch: int = 32, max_new_tokens: int = 12,
+            k: int = 1, temperature: float = 0.0) -> list[list[str]]:
+    """k replies to each chat prompt, greedy when temperature is 0, else sampled (seed torch first):
+    batched, left-padded, KV cache, each reply stopping at the end-of-turn token."""
+    tok.padding_side = "left"
+    model.eval().to(device)
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": None, "top_p": 1.0} if temperature \
+        else {"do_sample": False}
+    out = []
+    for i in range(0, len(prompts), batch):
+        enc = tok.apply_chat_template(prompts[i:i + batch], add_generation_prompt=True, padding=True,
+                                      return_tensors="pt", return_dict=True).to(device)
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, use_cache=True, num_return_sequences=k,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **sampling)
+        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out += [texts[j:j + k] for j in range(0, len(texts), k)]
+    return out
 
-    Returns eval rows (accuracy per task and overall, with binomial standard errors) and a few samples.
+
+def task_accuracy(model, tok, rows: list[dict], device, name: str, batch: int = 32,
+                  max_new_tokens: int = 12) -> tuple[list[dict], list[dict], list[bool]]:
+    """Greedy answers to held-out task prompts, scored by exact match.
+
+    Returns eval rows (accuracy per task and overall, with binomial standard errors), a few samples, and
+    each question's hit in row order (for paired comparisons between models).
     """
     from gptpipe.tasks import check
 
-    tok.padding_side = "left"
-    model.eval().to(device)
+    answers = replies(model, tok, [r["prompt"] for r in rows], device, batch, max_new_tokens)
+    hits = [check(a[0], r["answer"]) for r, a in zip(rows, answers)]
     correct: dict[str, list[bool]] = {}
-    samples = []
-    for i in range(0, len(rows), batch):
-        chunk = rows[i:i + batch]
-        enc = tok.apply_chat_template([r["prompt"] for r in chunk], add_generation_prompt=True, padding=True,
-                                      return_tensors="pt", return_dict=True).to(device)
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        for r, ids in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
-            reply = tok.decode(ids, skip_special_tokens=True)
-            correct.setdefault(r["task"], []).append(check(reply, r["answer"]))
-            if len(samples) < 8:
-                samples.append({"model": name, "prompt": r["prompt"][-1]["content"], "completion": reply})
-    return rate_rows(name, "accuracy", correct), samples
+    for r, h in zip(rows, hits):
+        correct.setdefault(r["task"], []).append(h)
+    samples = [{"model": name, "prompt": r["prompt"][-1]["content"], "completion": a[0]}
+               for r, a in zip(rows[:8], answers)]
+    return rate_rows(name, "accuracy", correct), samples, hits
 
 
 @dataclass
@@ -147,21 +159,24 @@ def evaluate_model(name: str, model_dir: Path, s: Suite, device, unigram: bool =
     With `base`, `model_dir` is a LoRA adapter, scored applied to `base` as a PEFT user would load it.
     """
     tok, model = load_adapter(model_dir, base) if base else load_pretrained(model_dir, dtype=torch.float32)
-    bpb, nbytes = bpb_model(model, s.val, s.token_bytes, s.e, device)
+    bpb, nbytes, windows = bpb_model(model, s.val, s.token_bytes, s.e, device)
     rows = [row(name, "val", "bpb", bpb, nbytes)]
+    items = {"val": windows}  # per item, in a fixed order: what paired comparisons between models read
     if unigram:
         seq_len = model.config.max_position_embeddings
-        rows.append(row("unigram", "val", "bpb", bpb_unigram(s.train, s.val, s.token_bytes, seq_len, s.e.tokens), nbytes))
+        value, items["unigram_val"] = bpb_unigram(s.train, s.val, s.token_bytes, seq_len, s.e.tokens)
+        rows.append(row("unigram", "val", "bpb", value, nbytes))
     out = samples(model, tok, s.e, device, name)
     if s.tasks:
-        acc, chat = task_accuracy(model, tok, s.tasks, device, name, batch=s.e.batch_size)
+        acc, chat, items["tasks"] = task_accuracy(model, tok, s.tasks, device, name, batch=s.e.gen_batch_size)
         rows += acc
         out += chat
     if s.choice:
         hits = choice.hits(model, s.choice, device, s.e.batch_size, tok.pad_token_id)
         rows += rate_rows(name, "mc_accuracy", {t: h for t, h in hits.items() if t != "cloze"})
         rows += rate_rows(name, "mc_accuracy", {t: h for t, h in hits.items() if t == "cloze"}, overall=None)
-    return {"model": name, "rows": rows, "samples": out}
+        items["cloze"] = hits.get("cloze", [])
+    return {"model": name, "rows": rows, "samples": out, "items": items}
 
 
 def evaluate_reward(name: str, model_dir: Path, pairs: list[dict], e: Evaluate, device) -> dict:

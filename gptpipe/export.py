@@ -20,7 +20,7 @@ from gptpipe.model import load_pretrained
 from gptpipe.report.card import report_card
 from gptpipe.report.markdown import table
 
-RECIPE = ("data", "tasks", "tokenizer", "model", "pretrain", "midtrain", "sft", "lora", "reward", "dpo", "rl",
+RECIPE = ("data", "tasks", "tokenizer", "model", "pretrain", "midtrain", "sft", "lora", "reward", "pairs", "dpo", "rl",
           "quantize")
 
 

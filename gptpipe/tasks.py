@@ -4,8 +4,15 @@ Each task makes (question, answer, plausible wrong answer) triples. From them co
 (some multi-turn), preference pairs (chosen = right, rejected = wrong), RL prompts with a checker, and
 held-out evaluation sets. Train and held-out never share a question.
 
-The tasks span difficulty on purpose: copying and comparing are within reach of the tiny CPU model;
-addition and spelling backwards need scale, so they keep measuring as models grow.
+Every task can be learned from its training questions and then answered on held-out ones, so each one
+measures what training did. That rules out two things the first version had:
+- answers spelled with other tokens than the question: BPE makes " cake" [" c", "ake"] but a reply "cake"
+  ["ca", "ke"], so "copy" and "last word" asked the model to respell words it never saw respelled (held-out
+  accuracy stopped at 0.5 and 0.64). Words now stand where a reply would start (after a newline) and
+  numbers tokenize the same with or without a space.
+- questions whose answer no training question teaches: single-digit addition (100 questions, 20 held out,
+  0 right for every model) and spelling backwards (letters inside tokens; 1 of 50 right at best).
+Each has a question space of thousands or more, so held-out sets of hundreds per task stay disjoint.
 """
 
 from __future__ import annotations
@@ -48,28 +55,28 @@ def compare(r: random.Random) -> Triple:
 
 
 def copy(r: random.Random) -> Triple:
-    w, other = r.sample(WORDS, 2)
-    return f"Repeat the word: {w}", w, other
+    a, b = r.sample(WORDS, 2)
+    return f"Repeat after me:\n{a} {b}", f"{a} {b}", f"{b} {a}"
 
 
 def last_word(r: random.Random) -> Triple:
     ws = r.sample(WORDS, 3)
-    return f"What is the last word of: {' '.join(ws)}?", ws[-1], ws[0]
+    return "What is the last word of this list?\n" + "\n".join(ws), ws[-1], ws[0]
 
 
-def add(r: random.Random) -> Triple:
-    a, b = r.randrange(10), r.randrange(10)
-    return f"What is {a} + {b}?", str(a + b), str(a + b + r.choice([-1, 1]))
+def next_number(r: random.Random) -> Triple:
+    ns = r.sample(range(100), 4)
+    i = r.randrange(3)
+    return f"Which number comes after {ns[i]} in: {' '.join(map(str, ns))}?", str(ns[i + 1]), str(ns[i - 1] if i else ns[2])
 
 
 def reverse(r: random.Random) -> Triple:
-    w = r.choice(WORDS)
-    wrong = w[::-1][1:] + w[::-1][0]  # rotated: right letters, wrong order
-    return f"Spell the word backwards: {w}", w[::-1], wrong if wrong != w[::-1] else w
+    ns = [str(n) for n in r.sample(range(100), 3)]
+    return f"Say these numbers in reverse order: {' '.join(ns)}", " ".join(ns[::-1]), " ".join(ns[1:] + ns[:1])
 
 
 TASKS: dict[str, Callable[[random.Random], Triple]] = {
-    "compare": compare, "copy": copy, "last_word": last_word, "add": add, "reverse": reverse}
+    "compare": compare, "copy": copy, "last_word": last_word, "next_number": next_number, "reverse": reverse}
 
 
 def check(completion: str, answer: str) -> bool:

@@ -5,4 +5,4 @@ with user_errors("dpo"):
     from gptpipe.post import dpo
     from gptpipe.post.stage import run
 
-    run("dpo", dpo.train, policy=("models/sft", "sft"), pairs=("data/raw/tasks/prefs_train.jsonl", "tasks"))
+    run("dpo", dpo.train, policy=("models/sft", "sft"), pairs=("data/pairs/train.jsonl", "pairs"))

@@ -5,4 +5,5 @@ with user_errors("lora"):
     from gptpipe.post import lora
     from gptpipe.post.stage import run
 
-    run("lora", lora.train, policy=("models/sft", "sft"), conversations=("data/raw/tasks/sft.jsonl", "tasks"))
+    run("lora", lora.train, policy=("models/sft", "sft"), conversations=("data/raw/tasks/sft.jsonl", "tasks"),
+        tokens=("data/tokens", "tokenize"))

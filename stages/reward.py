@@ -5,4 +5,4 @@ with user_errors("reward"):
     from gptpipe.post import reward
     from gptpipe.post.stage import run
 
-    run("reward", reward.train, policy=("models/sft", "sft"), pairs=("data/raw/tasks/prefs_train.jsonl", "tasks"))
+    run("reward", reward.train, policy=("models/sft", "sft"), pairs=("data/pairs/train.jsonl", "pairs"))

@@ -5,4 +5,5 @@ with user_errors("sft"):
     from gptpipe.post import sft
     from gptpipe.post.stage import run
 
-    run("sft", sft.train, policy=("models/mid", "midtrain"), conversations=("data/raw/tasks/sft.jsonl", "tasks"))
+    run("sft", sft.train, policy=("models/mid", "midtrain"), conversations=("data/raw/tasks/sft.jsonl", "tasks"),
+        tokens=("data/tokens", "tokenize"))

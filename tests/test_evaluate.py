@@ -30,10 +30,12 @@ def test_bpb_of_a_uniform_model(micro_data):
     tb = torch.tensor(tokenizer.token_bytes(tokenizer.load(dirs["tokenizer"])))
     model = LlamaForCausalLM(llama_config(p.model, val.vocab_size))
     torch.nn.init.zeros_(model.lm_head.weight)
-    bpb, nbytes = evaluate.bpb_model(model, val, tb, p.evaluate, "cpu")
-    y = torch.cat([w[1:] for w in val.windows(p.model.max_seq_len, p.evaluate.tokens)])
+    bpb, nbytes, per_window = evaluate.bpb_model(model, val, tb, p.evaluate, "cpu")
+    windows = list(val.windows(p.model.max_seq_len, p.evaluate.tokens))
+    y = torch.cat([w[1:] for w in windows])
     counted = (tb[y] > 0).sum().item()
-    assert nbytes == tb[y].sum().item()
+    assert nbytes == tb[y].sum().item() and len(per_window) == len(windows)
+    assert sum(b for _, b in per_window) == nbytes  # per window: (nats, bytes), for paired comparisons
     assert bpb == pytest.approx(counted * math.log2(val.vocab_size) / nbytes, rel=1e-5)
 
 
@@ -41,7 +43,8 @@ def test_unigram_baseline_matches_its_definition(micro_data):
     p, dirs = micro_data
     train, val = Shards(dirs["tokens"], "train"), Shards(dirs["tokens"], "val")
     tb = torch.tensor(tokenizer.token_bytes(tokenizer.load(dirs["tokenizer"])))
-    got = evaluate.bpb_unigram(train, val, tb, 64, 4096)
+    got, per_window = evaluate.bpb_unigram(train, val, tb, 64, 4096)
+    assert len(per_window) == len(list(val.windows(64, 4096)))
     counts = np.bincount(np.concatenate(train.arrays), minlength=train.vocab_size) + 1
     logp = np.log(counts / counts.sum())
     y = torch.cat([w[1:] for w in val.windows(64, 4096)]).numpy()
@@ -52,7 +55,7 @@ def test_unigram_baseline_matches_its_definition(micro_data):
 def test_evaluate_model_rows_and_samples(saved):
     p, dirs, out = saved
     e = p.evaluate.model_copy(update={"prompts": ["def ", "<script>"], "max_new_tokens": 5, "choice_items": 8})
-    held = [{"task": "copy", "prompt": [{"role": "user", "content": f"Repeat the word: {w}"}], "answer": w}
+    held = [{"task": "copy", "prompt": [{"role": "user", "content": f"Repeat after me:\n{w}"}], "answer": w}
             for w in ("club", "deal", "gold", "milk", "rain")]
     pairs = [{"prompt": held[0]["prompt"], "chosen": [], "rejected": [{"role": "assistant", "content": "bank"}]}]
     s = evaluate.suite(e, dirs["tokens"], dirs["tokenizer"], held, pairs)
@@ -63,5 +66,6 @@ def test_evaluate_model_rows_and_samples(saved):
                          ("base", "tasks", "mc_accuracy"), ("base", "cloze", "mc_accuracy")}
     assert rows[("base", "copy", "mc_accuracy")]["n"] == 5 and rows[("base", "cloze", "mc_accuracy")]["n"] == 8
     assert [s["prompt"] for s in r["samples"]][:2] == ["def ", "<script>"]
+    assert len(r["items"]["tasks"]) == 5 and len(r["items"]["cloze"]) == 8 and r["items"]["unigram_val"]
     again = evaluate.evaluate_model("base", out, s, "cpu", unigram=True)
     assert again["samples"] == r["samples"], "sampling is seeded"

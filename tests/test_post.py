@@ -41,7 +41,7 @@ def test_chat_stream_renders_every_conversation(base, chat):
     rows = read_jsonl(chat / "sft.jsonl")
     stream = midtrain.chat_stream(tok, rows)
     assert (stream == tok.bos_token_id).sum() == len(rows)
-    assert tok.decode(stream[:30]).startswith("<|bos|><|user_start|>Repeat the word: ")
+    assert tok.decode(stream[:30]).startswith("<|bos|><|user_start|>Repeat after me:\n")
 
 
 def test_midtrain_mixes_chat_into_the_loop(micro_data, base, chat, tmp_path, monkeypatch):
@@ -53,35 +53,45 @@ def test_midtrain_mixes_chat_into_the_loop(micro_data, base, chat, tmp_path, mon
     assert AutoModelForCausalLM.from_pretrained(tmp_path).config.model_type == "llama"
 
 
-def test_sft_labels_only_the_assistant_reply(micro_data, base, chat, tmp_path, monkeypatch):
-    p, _ = micro_data
+def test_sft_labels_the_reply_of_conversations_and_all_of_the_text(micro_data, base, chat, tmp_path, monkeypatch):
+    p, dirs = micro_data
     monkeypatch.chdir(tmp_path)
-    trainer = sft.make_trainer(p.sft, p.wandb, policy=base, conversations=chat / "sft.jsonl")
+    s = p.sft.model_copy(update={"text_fraction": 0.25, "max_length": 64})
+    trainer = sft.make_trainer(s, p.wandb, policy=base, conversations=chat / "sft.jsonl", tokens=dirs["tokens"])
+    tok, rows = trainer.processing_class, trainer.train_dataset
+    n_chat = len(read_jsonl(chat / "sft.jsonl"))
+    assert len(rows) == n_chat + round(n_chat / 3)  # a quarter of all rows is text
+    conversations, text = 0, 0
+    for r in rows:
+        ids, labels = torch.tensor(r["input_ids"]), torch.tensor(r["labels"])
+        if ids[0] == tok.bos_token_id and tok.convert_tokens_to_ids("<|user_start|>") in ids:
+            words = tok.decode(ids).split("Repeat after me:\n")[1].split("<|user_end|>")[0]
+            assert tok.decode(ids[labels != -100]) == f"{words}<|assistant_end|>"
+            conversations += 1
+        else:  # a corpus window: every token counts
+            assert torch.equal(ids, labels) and len(ids) == 64
+            text += 1
+    assert (conversations, text) == (n_chat, round(n_chat / 3))
     batch = next(iter(trainer.get_train_dataloader()))
-    tok = trainer.processing_class
-    for ids, labels in zip(batch["input_ids"], batch["labels"]):
-        reply = tok.decode(ids[labels != -100])
-        prompt = tok.decode(ids[ids != tok.pad_token_id])
-        word = prompt.split("Repeat the word: ")[1].split("<|user_end|>")[0]
-        assert reply == f"{word}<|assistant_end|>"
+    assert (batch["labels"] != -100).any()
 
 
 def test_sft_learns_and_is_scored_by_exact_match(micro_data, base, chat, tmp_path, monkeypatch):
     p, dirs = micro_data
     monkeypatch.chdir(tmp_path)
-    s = p.sft.model_copy(update={"epochs": 30, "lr": 0.01, "batch_size": 8})
-    m = sft.train(s, p.wandb, policy=base, conversations=chat / "sft.jsonl", out=tmp_path / "sft")
+    s = p.sft.model_copy(update={"epochs": 30, "lr": 0.01, "batch_size": 8, "text_fraction": 0.0})
+    m = sft.train(s, p.wandb, policy=base, conversations=chat / "sft.jsonl", tokens=dirs["tokens"], out=tmp_path / "sft")
     assert m["train_loss"] < 3 and (tmp_path / "plots/sft.csv").exists()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
     tok = AutoTokenizer.from_pretrained(tmp_path / "sft")
     train_rows = [{"task": "copy", "prompt": r["prompt"], "answer": r["answer"]}
                   for r in read_jsonl(chat / "rl.jsonl")]
-    rows, samples = evaluate.task_accuracy(model, tok, train_rows, "cpu", "sft")
-    before, _ = evaluate.task_accuracy(AutoModelForCausalLM.from_pretrained(base), tok, train_rows, "cpu", "base")
+    rows, samples, hits = evaluate.task_accuracy(model, tok, train_rows, "cpu", "sft")
+    before, _, _ = evaluate.task_accuracy(AutoModelForCausalLM.from_pretrained(base), tok, train_rows, "cpu", "base")
     after = {r["task"]: r for r in rows}
     assert after["tasks"]["n"] == len(train_rows) and after["copy"]["stderr"] is not None
     assert before[-1]["value"] == 0 and after["copy"]["value"] >= 0.25  # it learned to copy
-    assert samples[0]["model"] == "sft"
+    assert samples[0]["model"] == "sft" and len(hits) == len(train_rows) and sum(hits) / len(hits) == after["tasks"]["value"]
 
 
 # ---------------------------------------------------------------- lora, reward, dpo, rl
@@ -96,8 +106,8 @@ def test_lora_saves_an_adapter_peft_reloads_and_a_merged_model(micro_data, base,
 
     from gptpipe.post import lora
 
-    p, _ = micro_data
-    m = lora.train(p.lora, p.wandb, policy=base, conversations=chat / "sft.jsonl", out=cwd / "lora")
+    p, dirs = micro_data
+    m = lora.train(p.lora, p.wandb, policy=base, conversations=chat / "sft.jsonl", tokens=dirs["tokens"], out=cwd / "lora")
     assert 0 < m["trainable_params"] < m["total_params"] and m["trainable_fraction"] < 0.2
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), cwd / "lora/adapter")
     merged = AutoModelForCausalLM.from_pretrained(cwd / "lora/merged")
@@ -232,7 +242,7 @@ def test_a_crashed_trl_stage_resumes_and_ends_like_an_uninterrupted_run(micro_da
         part.save_pretrained(rm)
     module = importlib.import_module(f"gptpipe.post.{stage}")
     s = getattr(p, stage).model_copy(update={"ckpt_every": 2, "epochs": 0.5 if stage == "rl" else 3})
-    inputs = {"lora": dict(conversations=chat / "sft.jsonl"), "reward": dict(pairs=chat / "prefs_train.jsonl"),
+    inputs = {"lora": dict(conversations=chat / "sft.jsonl", tokens=micro_data[1]["tokens"]), "reward": dict(pairs=chat / "prefs_train.jsonl"),
               "dpo": dict(pairs=chat / "prefs_train.jsonl"), "rl": dict(reward_model=rm, prompts=chat / "rl.jsonl")}
     train = lambda out: module.train(s, p.wandb, policy=base, out=cwd / out, **inputs[stage])
     ref = train("ref")

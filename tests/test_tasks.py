@@ -31,13 +31,28 @@ def test_answers_are_right_and_wrong_answers_are_wrong():
         q, a, w = tasks.compare(r)
         x, y = map(int, q.removeprefix("Which is larger, ").removesuffix("?").split(" or "))
         assert int(a) == max(x, y) and int(w) == min(x, y)
-        q, a, w = tasks.add(r)
-        x, y = map(int, q.removeprefix("What is ").removesuffix("?").split(" + "))
-        assert int(a) == x + y and w != a
+        q, a, w = tasks.next_number(r)
+        n, ns = q.removeprefix("Which number comes after ").removesuffix("?").split(" in: ")
+        ns = ns.split()
+        assert a == ns[ns.index(n) + 1] and w != a and w in ns
+        q, a, w = tasks.copy(r)
+        assert a == q.removeprefix("Repeat after me:\n") and w != a
         q, a, w = tasks.reverse(r)
-        assert a == q.split(": ")[1][::-1] and w != a
+        assert a.split() == q.split(": ")[1].split()[::-1] and w != a
         q, a, w = tasks.last_word(r)
-        assert a == q.rstrip("?").split()[-1] and w != a
+        assert a == q.splitlines()[-1] and w != a
+
+
+def test_answers_are_spelled_with_the_questions_tokens(micro_data):
+    """BPE spells " cake" and "cake" differently: a reply must reuse the question's tokens to be learnable."""
+    import random
+    tok = AutoTokenizer.from_pretrained(micro_data[1]["tokenizer"])
+    r = random.Random(0)
+    for task in tasks.TASKS.values():
+        for _ in range(20):
+            q, a, _ = task(r)
+            ids = tok(q, add_special_tokens=False).input_ids
+            assert set(tok(a, add_special_tokens=False).input_ids) <= set(ids), (q, a)
 
 
 def test_splits_are_disjoint_and_deterministic(sets):

@@ -14,12 +14,13 @@ from gptpipe.post import sft
 from gptpipe.post.common import fit, logged
 
 
-def train(s: LoRA, wb: Wandb, *, policy: Path, conversations: Path, out: Path) -> dict:
+def train(s: LoRA, wb: Wandb, *, policy: Path, conversations: Path, tokens: Path, out: Path) -> dict:
     from peft import LoraConfig
 
     peft_config = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, task_type="CAUSAL_LM",
                              target_modules=s.target_modules[0] if s.target_modules == ["all-linear"] else s.target_modules)
-    trainer = sft.make_trainer(s, wb, policy=policy, conversations=conversations, stage="lora", peft_config=peft_config)
+    trainer = sft.make_trainer(s, wb, policy=policy, conversations=conversations, tokens=tokens, stage="lora",
+                               peft_config=peft_config)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     print(f"lora: {trainable:,} trainable of {total:,} params ({100 * trainable / total:.2f}%)")
     metrics = fit(trainer, "lora")

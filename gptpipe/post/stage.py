@@ -25,6 +25,10 @@ def run(stage: str, train, **inputs: tuple[str, str]) -> None:
     if not cuda:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first looks for a GPU: TRL follows torch
     paths = {name: require_file(path, made_by=by) for name, (path, by) in inputs.items()}
+    # transformers' wandb callback writes ./wandb unless told: put its runs in logs/wandb, beside pretrain's
+    os.makedirs("logs", exist_ok=True)
+    os.environ.setdefault("WANDB_DIR", os.path.abspath("logs"))
+    os.environ.setdefault("WANDB_PROJECT", p.wandb.project)
     dist.relaunch(section.nproc, accelerate=True, bf16=cuda)  # the trainer joins the process group it sets up
     t0 = time.perf_counter()
     if int(os.environ.get("RANK", 0)):  # only rank 0 writes the model and the metrics

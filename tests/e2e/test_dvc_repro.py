@@ -10,7 +10,7 @@ import yaml
 from conftest import make_workspace, sh
 
 pytestmark = pytest.mark.e2e
-ALL = ["download", "tasks", "tokenize", "pretrain", "midtrain", "sft", "lora", "reward", "dpo", "rl", "quantize",
+ALL = ["download", "tasks", "tokenize", "pretrain", "midtrain", "sft", "lora", "pairs", "reward", "dpo", "rl", "quantize",
        "evaluate", "export", "report"]
 
 
@@ -45,13 +45,19 @@ def test_repro_builds_everything(built):
                  "models/quantized/model.safetensors", "reports/eval/quantized.json", "reports/export.json",
                  "export/hf/model.safetensors", "export/hf/tokenizer.json", "export/gguf/model-f32.gguf", "export/README.md",
                  "reports/eval/sft.json", "reports/eval/base.json", "reports/eval/rl.json", "reports/eval/reward.json",
-                 "reports/gptpipe.duckdb", "reports/index.html", "reports/report.md", "plots/pretrain.csv"]:
+                 "reports/gptpipe.duckdb", "reports/index.html", "reports/report.md", "plots/pretrain.csv",
+                 "data/pairs/train.jsonl", "data/pairs/heldout.jsonl", "reports/effects.json"]:
         assert (ws / path).exists(), path
     for stage in ALL[:-1]:
         assert "elapsed_s" in json.loads((ws / f"metrics/{stage}.json").read_text())
     assert not list(ws.glob("**/.*.tmp-*")), "a temporary output was left behind"
     shown = sh(["dvc", "metrics", "show", "--json"], ws).stdout
     assert "base_val_bpb" in shown and "tokens_per_s" in shown
+    effects = {(e["stage"], e["metric"]) for e in json.loads((ws / "reports/effects.json").read_text())["rows"]}
+    assert {("sft", "tasks/accuracy"), ("dpo", "tasks/accuracy"), ("rl", "tasks/accuracy"), ("sft", "val/bpb"),
+            ("reward", "prefs/pairwise_accuracy")} <= effects
+    assert "What each stage did" in (ws / "reports/index.html").read_text()
+    assert not (ws / "wandb").exists(), "TRL stages log to logs/wandb, not ./wandb"
 
 
 def test_model_beats_unigram_and_loads_with_stock_classes(built):
@@ -112,9 +118,11 @@ def test_pretrain_param_touches_nothing_upstream(built, copy):
 
 
 def test_dpo_beta_reruns_dpo_and_downstream_only(built):
+    """RL starts from DPO (rl.start) and the final model is RL's, so those rerun too; sft, lora, pairs and
+    reward do not."""
     ws, _ = built
     out = sh([sys.executable, "-m", "gptpipe.cli", "run", "--set", "dpo.beta=0.2"], ws).stdout
-    assert ran(out) == ["dpo", "evaluate", "export", "report"]
+    assert ran(out) == ["dpo", "rl", "quantize", "evaluate", "export", "report"]
 
 
 def test_single_stage_rerun(built):

@@ -1,0 +1,40 @@
+"""On-policy preference pairs: the SFT model's own sampled replies, labeled by the task checker.
+
+For each prompt the policy samples `samples` replies. A pair needs a reply the checker rejects (what the
+model really writes when it is wrong); its chosen side is one of the model's own right replies, or the
+reference answer when it wrote none. Prompts it always gets right give no pair. DPO and the reward model
+then learn from the mistakes this model makes, not from wrong answers it would never write.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gptpipe.config import Pairs
+from gptpipe.evaluate import replies
+from gptpipe.tasks import assistant, check
+
+
+def label(rows: list[dict], sampled: list[list[str]]) -> tuple[list[dict], dict]:
+    """Pairs {task, prompt, chosen, rejected} from each row's sampled replies, and counts of what was seen."""
+    pairs, seen = [], {"prompts": len(rows), "all_right": 0, "mixed": 0, "none_right": 0, "samples_right": 0}
+    for r, texts in zip(rows, sampled):
+        right = [t for t in texts if check(t, r["answer"])]
+        wrong = [t for t in texts if not check(t, r["answer"])]
+        seen["samples_right"] += len(right)
+        seen["all_right" if not wrong else "mixed" if right else "none_right"] += 1
+        if wrong:
+            chosen = right[0] if right else r["answer"]
+            pairs.append({"task": r["task"], "prompt": r["prompt"], "chosen": [assistant(chosen)],
+                          "rejected": [assistant(wrong[0])]})
+    return pairs, seen
+
+
+def make(s: Pairs, model, tok, rows: list[dict], device) -> tuple[list[dict], dict]:
+    """Sample, seeded, and label: the same model, rows and params give the same pairs."""
+    torch.manual_seed(s.seed)
+    sampled = replies(model, tok, [r["prompt"] for r in rows], device, s.batch_size, s.max_new_tokens,
+                      k=s.samples, temperature=s.temperature)
+    pairs, seen = label(rows, sampled)
+    seen["sample_accuracy"] = round(seen.pop("samples_right") / max(1, len(rows) * s.samples), 4)
+    return pairs, seen
