@@ -8,6 +8,11 @@ then learn from the mistakes this model makes, not from wrong answers it would n
 
 from __future__ import annotations
 
+import collections
+import json
+import shutil
+from pathlib import Path
+
 import torch
 
 from gptpipe.config import Pairs
@@ -38,3 +43,29 @@ def make(s: Pairs, model, tok, rows: list[dict], device) -> tuple[list[dict], di
     pairs, seen = label(rows, sampled)
     seen["sample_accuracy"] = round(seen.pop("samples_right") / max(1, len(rows) * s.samples), 4)
     return pairs, seen
+
+
+SPLITS = (("train", "rl"), ("heldout", "eval"))  # pairs file <- the tasks set whose prompts it samples
+
+
+def write(s: Pairs, tasks_dir: Path, policy: Path, out: Path, device) -> dict:
+    """out/{train,heldout}.jsonl and the stage's metrics: sampled from `policy` (source policy) or the tasks
+    stage's prefs_{train,heldout}.jsonl as they are (source tasks)."""
+    from gptpipe.io import read_jsonl
+    from gptpipe.model import load_pretrained
+
+    if s.source == "tasks":
+        for name, _ in SPLITS:
+            shutil.copy(tasks_dir / f"prefs_{name}.jsonl", out / f"{name}.jsonl")
+        return {"source": "tasks"}
+    tok, model = load_pretrained(policy, dtype=torch.float32)
+    metrics = {"source": "policy"}
+    for name, src in SPLITS:
+        rows = read_jsonl(tasks_dir / f"{src}.jsonl", ("task", "prompt", "answer"))[:s.max_prompts]
+        made, seen = make(s, model, tok, rows, device)
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in made))
+        print(f"pairs: {name}: {len(made)} pairs from {len(rows)} prompts x {s.samples} samples (sampled accuracy "
+              f"{seen['sample_accuracy']:.3f}; all right {seen['all_right']}, mixed {seen['mixed']}, none right "
+              f"{seen['none_right']}); per task {dict(collections.Counter(r['task'] for r in made))}", flush=True)
+        metrics |= {f"{name}_pairs": len(made), **{f"{name}_{k}": v for k, v in seen.items()}}
+    return metrics

@@ -36,3 +36,15 @@ def test_make_is_seeded_and_checker_labeled(tiny_model):
     assert pairs.make(s, model, tok, rows, "cpu") == (made, seen), "same seed, same pairs"
     other, _ = pairs.make(s.model_copy(update={"seed": 1}), model, tok, rows, "cpu")
     assert [p["rejected"] for p in other] != [p["rejected"] for p in made]
+
+
+def test_source_tasks_keeps_the_tasks_pairs(tmp_path):
+    """pairs.source: tasks (e.g. a preference dataset loaded by the tasks stage): the pairs as they are."""
+    src, out = tmp_path / "tasks", tmp_path / "out"
+    src.mkdir(), out.mkdir()
+    for name in ("train", "heldout"):
+        (src / f"prefs_{name}.jsonl").write_text(f'{{"split": "{name}"}}\n')
+    s = Pairs(source="tasks", samples=4, max_prompts=None, temperature=1.0, max_new_tokens=4, batch_size=5, seed=0)
+    assert pairs.write(s, src, None, out, "cpu") == {"source": "tasks"}
+    assert [(out / f"{n}.jsonl").read_text() for n in ("train", "heldout")] == ['{"split": "train"}\n',
+                                                                              '{"split": "heldout"}\n']

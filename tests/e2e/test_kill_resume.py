@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 # Long enough that a kill after the 3rd checkpoint (plus the delay) lands well before the end.
 SETS = ("pretrain.tokens=102400", "pretrain.ckpt_every=20",  # 200 steps
         "midtrain.tokens=51200", "midtrain.ckpt_every=20",   # 100 steps
-        "sft.epochs=5", "sft.ckpt_every=15")                 # 95 steps
+        "sft.epochs=5", "sft.ckpt_every=15")                 # 140 steps (300 chats + 148 text rows, 16 a step)
 # stage -> (its model dir, steps between checkpoints, the files that mark a checkpoint, metrics compared)
 STAGES = {
     "pretrain": ("models/base", 20, "checkpoints/pretrain/step_*/state.json", ("final_loss", "val_loss")),
