@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from gptpipe.artifacts import MODELS
+
 Z95 = 1.959964
 
 
@@ -38,6 +40,10 @@ def row(stage: str, metric: str, before_model: str, after_model: str, before: fl
     return {"stage": stage, "metric": metric, "before_model": before_model, "after_model": after_model,
             "before": before, "after": after, "diff": diff, "ci_low": lo, "ci_high": hi, "n": n,
             "higher_is_better": higher_is_better, "significant": significant, "regression": regression}
+
+
+def verdict(e: dict) -> str:
+    return "REGRESSION" if e["regression"] else "significant" if e["significant"] else "not significant"
 
 
 def accuracy(stage: str, metric: str, a: str, b: str, hits: dict[str, list[bool]], tolerance: float = 0.0) -> dict:
@@ -76,11 +82,10 @@ def table(items: dict[str, dict], start: dict[str, str], reward: tuple[float, in
     rows = []
     if "base" in items and "unigram_val" in items["base"]:
         rows.append(bpb("pretrain", "unigram", "base", {**val, "unigram": items["base"]["unigram_val"]}))
-    stage_of = {"mid": "midtrain", "quantized": "quantize"}
     for model, before in start.items():
         if model not in items or before not in items:
             continue
-        stage = stage_of.get(model, model)
+        stage = MODELS[model][1]
         if model in tasks and before in tasks:
             rows.append(accuracy(stage, "tasks/accuracy", before, model, tasks))
         ratio = QUANTIZED_BPB_RATIO if model == "quantized" else BPB_RATIO

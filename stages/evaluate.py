@@ -48,7 +48,6 @@ with user_errors("evaluate"):
           f"reward model held-out pairwise accuracy {metrics['reward_prefs_pairwise_accuracy']:.3f}")
     for e in table:
         ci = "" if e["ci_low"] is None else f" [{e['ci_low']:+.4f}, {e['ci_high']:+.4f}]"
-        verdict = "REGRESSION" if e["regression"] else "significant" if e["significant"] else "not significant"
         print(f"evaluate: {e['stage']:<9} {e['metric']:<22} {e['before_model']} {e['before']:.4f} -> {e['after_model']} "
-              f"{e['after']:.4f}: {e['diff']:+.4f}{ci} (n={e['n']}) {verdict}")
+              f"{e['after']:.4f}: {e['diff']:+.4f}{ci} (n={e['n']}) {effects.verdict(e)}")
     write_metrics("evaluate", {**metrics, "elapsed_s": round(time.perf_counter() - t0, 2), "device": proc.label})

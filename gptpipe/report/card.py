@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from gptpipe.effects import verdict
+
 MODEL_ORDER = ["unigram", "base", "mid", "sft", "lora", "reward", "dpo", "rl", "quantized"]
 STAGE_ORDER = ["download", "tasks", "tokenize", "pretrain", "midtrain", "sft", "lora", "pairs", "reward", "dpo",
                "rl", "quantize", "evaluate", "export", "report"]
@@ -64,9 +66,8 @@ def effect_table(effects: list[dict]) -> tuple[list[str], list[list[str]]]:
     order = {s: i for i, s in enumerate(in_order((e["stage"] for e in effects), STAGE_ORDER))}
     rows = []
     for e in sorted(effects, key=lambda e: order[e["stage"]]):
-        verdict = "REGRESSION" if e["regression"] else "significant" if e["significant"] else "not significant"
         row = [e["stage"], e["metric"], f"{e['before_model']}: {fmt(e['before'])}",
-               f"{e['after_model']}: {fmt(e['after'])}", interval(e["diff"], e["ci_low"], e["ci_high"]), verdict]
+               f"{e['after_model']}: {fmt(e['after'])}", interval(e["diff"], e["ci_low"], e["ci_high"]), verdict(e)]
         rows.append([Bad(c) for c in row] if e["regression"] else row)
     return ["stage", "metric", "before", "after", "change [95% interval]", "verdict"], rows
 
