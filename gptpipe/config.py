@@ -98,7 +98,8 @@ class Tasks(Section):
     Hugging Face datasets (gptpipe/chat_data.py)."""
     source: Literal["synthetic", "hf"]
     names: list[Literal["compare", "copy", "last_word", "next_number", "reverse"]] = Field(min_length=1)
-    train_per_task: int = Field(ge=1)
+    train_per_task: int = Field(ge=1)             # SFT and midtrain questions
+    rl_per_task: int = Field(ge=1)                # other training-side questions: preference and RL prompts
     heldout_per_task: int = Field(ge=1)
     heldout_fraction: float = Field(gt=0, lt=1)   # share of each task's question space kept for held-out
     multi_turn: float = Field(ge=0, le=1)         # share of SFT conversations with a second exchange

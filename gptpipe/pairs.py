@@ -1,8 +1,8 @@
 """On-policy preference pairs: the SFT model's own sampled replies, labeled by the task checker.
 
-For each prompt the policy samples `samples` replies. A pair needs a reply the checker rejects (what the
-model really writes when it is wrong); its chosen side is one of the model's own right replies, or the
-reference answer when it wrote none. Prompts it always gets right give no pair. DPO and the reward model
+For each prompt the policy samples `samples` replies. Each distinct reply the checker rejects (what the
+model really writes when it is wrong) makes a pair; its chosen side is one of the model's own right
+replies, in turn, or the reference answer when it wrote none. Prompts it always gets right give no pair. DPO and the reward model
 then learn from the mistakes this model makes, not from wrong answers it would never write.
 """
 
@@ -28,10 +28,10 @@ def label(rows: list[dict], sampled: list[list[str]]) -> tuple[list[dict], dict]
         wrong = [t for t in texts if not check(t, r["answer"])]
         seen["samples_right"] += len(right)
         seen["all_right" if not wrong else "mixed" if right else "none_right"] += 1
-        if wrong:
-            chosen = right[0] if right else r["answer"]
-            pairs.append({"task": r["task"], "prompt": r["prompt"], "chosen": [assistant(chosen)],
-                          "rejected": [assistant(wrong[0])]})
+        chosen = right or [r["answer"]]
+        for i, rejected in enumerate(dict.fromkeys(wrong)):
+            pairs.append({"task": r["task"], "prompt": r["prompt"], "chosen": [assistant(chosen[i % len(chosen)])],
+                          "rejected": [assistant(rejected)]})
     return pairs, seen
 
 

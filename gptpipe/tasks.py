@@ -113,12 +113,18 @@ def assistant(a: str) -> dict:
 
 
 def build(names: list[str], n_train: int, n_heldout: int, heldout_fraction: float, multi_turn: float,
-          seed: int) -> dict[str, list[dict]]:
-    """All the sets, as lists of JSON-ready rows in TRL's conversational formats."""
+          seed: int, n_rl: int | None = None) -> dict[str, list[dict]]:
+    """All the sets, as lists of JSON-ready rows in TRL's conversational formats.
+
+    The preference and RL prompts (n_rl per task, default n_train) are training-side questions SFT never
+    sees: after its epochs SFT answers its own questions far better than new ones (0.87 vs 0.48 on the
+    default run), so preferences and rewards on them would teach the model to recite, not to generalize.
+    """
     r = random.Random(seed)
     sets = {"sft": [], "prefs_train": [], "prefs_heldout": [], "rl": [], "eval": []}
     for task in names:
-        train = triples(task, n_train, False, heldout_fraction, seed)
+        pool = triples(task, n_train + (n_train if n_rl is None else n_rl), False, heldout_fraction, seed)
+        train, fresh = pool[:n_train], pool[n_train:]
         held = triples(task, n_heldout, True, heldout_fraction, seed)
         for i, (q, a, w) in enumerate(train):
             messages = [user(q), assistant(a)]
@@ -126,6 +132,7 @@ def build(names: list[str], n_train: int, n_heldout: int, heldout_fraction: floa
                 q2, a2, _ = train[(i + 1) % len(train)]
                 messages += [user(q2), assistant(a2)]
             sets["sft"].append({"task": task, "messages": messages})
+        for q, a, w in fresh:
             sets["prefs_train"].append({"task": task, "prompt": [user(q)], "chosen": [assistant(a)],
                                         "rejected": [assistant(w)]})
             sets["rl"].append({"task": task, "prompt": [user(q)], "answer": a})

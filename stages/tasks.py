@@ -20,7 +20,8 @@ with user_errors("tasks"):
     if t.source == "hf":  # loaded and checked in full before anything is written
         sets = chat_data.build(t.hf, t.seed)
     else:
-        sets = tasks.build(t.names, t.train_per_task, t.heldout_per_task, t.heldout_fraction, t.multi_turn, t.seed)
+        sets = tasks.build(t.names, t.train_per_task, t.heldout_per_task, t.heldout_fraction, t.multi_turn,
+                           t.seed, n_rl=t.rl_per_task)
     with atomic_dir("data/raw/tasks") as out:
         for name, rows in sets.items():
             (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -13,13 +13,14 @@ def row(q, a, task="copy"):
 
 def test_label_keeps_the_models_own_mistakes():
     rows = [row("a?", "x"), row("b?", "y"), row("c?", "z")]
-    sampled = [["x", "w", "x."],    # mixed: chosen is its own right reply, rejected its wrong one
-               ["y", "y"],          # always right: no pair
-               ["q", "r"]]          # never right: the reference answer is chosen
+    sampled = [["x", "w", "x.", "v", "w"],  # mixed: each distinct wrong reply against its right ones in turn
+               ["y", "y"],                  # always right: no pair
+               ["q", "r"]]                  # never right: the reference answer is chosen
     made, seen = pairs.label(rows, sampled)
-    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in made] == [("x", "w"), ("z", "q")]
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in made] == [
+        ("x", "w"), ("x.", "v"), ("z", "q"), ("z", "r")]
     assert seen == {"prompts": 3, "all_right": 1, "mixed": 1, "none_right": 1, "samples_right": 4}
-    assert made[0]["prompt"] == rows[0]["prompt"] and made[1]["task"] == "copy"
+    assert made[0]["prompt"] == rows[0]["prompt"] and made[2]["task"] == "copy"
 
 
 def test_make_is_seeded_and_checker_labeled(tiny_model):

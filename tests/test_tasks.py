@@ -56,10 +56,13 @@ def test_answers_are_spelled_with_the_questions_tokens(micro_data):
 
 
 def test_splits_are_disjoint_and_deterministic(sets):
+    sft = {m["content"] for r in sets["sft"] for m in r["messages"] if m["role"] == "user"}
     train = {r["prompt"][0]["content"] for r in sets["rl"]}
     held = {r["prompt"][0]["content"] for r in sets["eval"]}
-    assert train and held and not train & held
+    assert sft and train and held and not train & held and not sft & held and not sft & train
+    assert {r["prompt"][0]["content"] for r in sets["prefs_train"]} == train
     assert {r["prompt"][0]["content"] for r in sets["prefs_heldout"]} == held
+    assert len(tasks.build(["copy"], 80, 20, 0.2, 0.5, seed=3, n_rl=30)["rl"]) == 30
     assert tasks.build(list(tasks.TASKS), 80, 20, 0.2, 0.5, seed=3) == sets
     assert tasks.build(list(tasks.TASKS), 80, 20, 0.2, 0.5, seed=4) != sets
 

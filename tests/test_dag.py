@@ -1,0 +1,82 @@
+"""dvc.yaml holds every stage to the code it runs: each gptpipe/flows module that `stages/X.py` imports,
+directly or through other modules, is one of X's deps, so a code change reruns exactly the stages it touches."""
+
+import ast
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO
+
+# Shared infrastructure that deliberately triggers no rerun: it decides how a stage reads, writes and fails,
+# never what it computes.
+# (Package __init__ files that hold only a docstring count as nothing.)
+INFRA = {
+    "gptpipe/__init__.py": "quiets library loggers",
+    "gptpipe/errors.py": "the one-line error and interrupt handling",
+    "gptpipe/io.py": "atomic writes and JSON reading; the bytes a stage writes come from its own modules",
+}
+
+
+def module_file(name: str) -> Path | None:
+    """The repo file of a gptpipe/flows module (a package's __init__.py), or None for any other module."""
+    if name.split(".")[0] not in ("gptpipe", "flows"):
+        return None
+    path = REPO / Path(*name.split("."))
+    for f in (path.with_suffix(".py"), path / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+def imports(path: Path) -> set[Path]:
+    """The gptpipe/flows module files `path` imports (`from pkg import mod` counts mod when it is a module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            found |= {f for i in range(1, len(parts) + 1) if (f := module_file(".".join(parts[:i])))}
+    return found
+
+
+def docstring_only(f: Path) -> bool:
+    body = ast.parse(f.read_text()).body
+    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+
+
+def closure(path: Path) -> set[str]:
+    """The module files `path` runs, directly or through the modules it imports."""
+    seen, todo = set(), [path]
+    while todo:
+        for f in imports(todo.pop()) - seen:
+            seen.add(f)
+            todo.append(f)
+    return {str(f.relative_to(REPO)) for f in seen if not docstring_only(f)}
+
+
+def covered(module: str, deps: list[str]) -> bool:
+    return any(module == d or module.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def test_every_stage_depends_on_the_modules_it_runs():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    missing = {}
+    for name, stage in stages.items():
+        shim = f"stages/{name}.py"
+        assert shim in stage["deps"], f"dvc.yaml: stage {name} does not list its own {shim}"
+        gaps = sorted(m for m in closure(REPO / shim) if m not in INFRA and not covered(m, stage["deps"]))
+        if gaps:
+            missing[name] = gaps
+    assert not missing, "dvc.yaml: add to each stage's deps the modules it runs: " + "; ".join(
+        f"{name}: {', '.join(gaps)}" for name, gaps in missing.items())
+
+
+def test_the_closure_follows_imports_through_modules():
+    assert {"gptpipe/tasks.py", "gptpipe/chat_data.py"} <= closure(REPO / "stages/tasks.py")
+    assert "gptpipe/corpus.py" in closure(REPO / "stages/tokenize.py"), "tokenize -> encode -> corpus"
