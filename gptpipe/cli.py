@@ -62,6 +62,24 @@ def main(argv: list[str] | None = None) -> None:
     hn.add_argument("--limit", type=int, help="at most this many examples per task")
     hn.add_argument("--device", default="cpu")
 
+    ch = sub.add_parser("chat", help="talk to a model in the terminal (default: the exported final model)")
+    ch.add_argument("model", nargs="?", type=Path, help="an HF model dir (export/hf, models/sft) or a .gguf file")
+    ch.add_argument("-p", "--prompt", help="one question: print the reply and exit")
+    ch.add_argument("--temperature", type=float, default=0.7, help="0: greedy (default 0.7)")
+    ch.add_argument("--top-k", type=int, default=50, help="0: off (default 50)")
+    ch.add_argument("--top-p", type=float, default=1.0)
+    ch.add_argument("--max-new-tokens", type=int, default=64)
+    ch.add_argument("--seed", type=int, default=0)
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible API and a web chat page for a model (llama.cpp)")
+    sv.add_argument("model", nargs="?", type=Path, help="a .gguf file or an HF model dir (default: export/hf)")
+    sv.add_argument("--host", default="127.0.0.1", help="default loopback; another address needs --allow-remote")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", default=os.environ.get("GPTPIPE_API_KEY"),
+                    help="require 'Authorization: Bearer KEY' on every API request (default: $GPTPIPE_API_KEY)")
+    sv.add_argument("--allow-remote", action="store_true", help="allow --host beyond this machine")
+    sv.add_argument("--model-name", default="gptpipe", help="the model id clients send (default gptpipe)")
+
     args = ap.parse_args(argv)
     with user_errors("gptpipe"):
         if args.cmd == "run":
@@ -80,6 +98,13 @@ def main(argv: list[str] | None = None) -> None:
             cmd_worker(args)
         elif args.cmd == "harness":
             cmd_harness(args)
+        elif args.cmd == "chat":
+            cmd_chat(args)
+        elif args.cmd == "serve":
+            from gptpipe import chat, serve
+
+            serve.serve(args.model or chat.DEFAULT, args.host, args.port, args.api_key, args.allow_remote,
+                        args.model_name)
 
 
 def cmd_run(args) -> None:
@@ -229,3 +254,16 @@ def cmd_harness(args) -> None:
 if __name__ == "__main__":
     main()
 
+
+
+def cmd_chat(args) -> None:
+    from gptpipe import chat
+
+    if not (args.temperature >= 0 and args.top_k >= 0 and 0 < args.top_p <= 1 and args.max_new_tokens >= 1):
+        raise UserError("chat: need --temperature >= 0, --top-k >= 0, 0 < --top-p <= 1 and --max-new-tokens >= 1")
+    s = chat.Sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens, args.seed)
+    bot = chat.load(args.model)
+    if args.prompt is None:
+        chat.repl(bot, str(args.model or chat.DEFAULT), s)
+    else:
+        chat.reply(bot, [chat.user(args.prompt)], s)

@@ -38,6 +38,11 @@ BLOCK_NAMES = {
 TOP_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 
 
+# {% generation %} marks the assistant's tokens for training (transformers' own Jinja tag); other Jinja
+# engines (llama.cpp's, llama-cpp-python's) refuse an unknown tag, and rendering never needs it.
+GENERATION_TAG = re.compile(r"\{%-?\s*(end)?generation\s*-?%\}")
+
+
 def gguf_name(hf: str) -> str:
     base = hf.removesuffix(".weight")
     if base in TOP_NAMES:
@@ -145,7 +150,7 @@ def add_tokenizer(w, model_dir: Path, vocab_size: int) -> None:
         w.add_pad_token_id(ids[tc["pad_token"]])
     w.add_add_bos_token(False)  # as our HF tokenizer: the chat template writes the BOS itself
     template = model_dir / "chat_template.jinja"
-    w.add_chat_template(template.read_text() if template.exists() else tc["chat_template"])
+    w.add_chat_template(GENERATION_TAG.sub("", template.read_text() if template.exists() else tc["chat_template"]))
 
 
 def reference(tok, model, prompt: str, n_new: int = 16) -> dict:

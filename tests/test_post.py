@@ -84,8 +84,8 @@ def test_sft_learns_and_is_scored_by_exact_match(micro_data, base, chat, tmp_pat
     assert m["train_loss"] < 3 and (tmp_path / "plots/sft.csv").exists()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
     tok = AutoTokenizer.from_pretrained(tmp_path / "sft")
-    train_rows = [{"task": "copy", "prompt": r["prompt"], "answer": r["answer"]}
-                  for r in read_jsonl(chat / "rl.jsonl")]
+    train_rows = [{"task": "copy", "prompt": r["messages"][:1], "answer": r["messages"][1]["content"]}
+                  for r in read_jsonl(chat / "sft.jsonl")]  # its own questions: a micro model memorizes
     rows, samples, hits = evaluate.task_accuracy(model, tok, train_rows, "cpu", "sft")
     before, _, _ = evaluate.task_accuracy(AutoModelForCausalLM.from_pretrained(base), tok, train_rows, "cpu", "base")
     after = {r["task"]: r for r in rows}
