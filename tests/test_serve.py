@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from test_chat import CONVERSATIONS, GPTPIPE, chatty  # noqa: F401 - the fixture is used by name
 
-from gptpipe import chat, evaluate
+from gptpipe import chat, evaluate, tasks
 from gptpipe.tasks import user
 
 KEY = "test-key"
@@ -68,13 +68,30 @@ def client(server):
     return OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=120)
 
 
+def greedy_with_margin(bot, prompt: list[dict]) -> tuple[str, float]:
+    """transformers' greedy reply and its smallest top-1 over top-2 logit gap."""
+    import torch
+
+    ids = torch.tensor([bot.encode(prompt)])
+    out = bot.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True, eos_token_id=bot.tok.eos_token_id,
+                             pad_token_id=bot.tok.pad_token_id)
+    margin = min(float(s[0].topk(2).values.diff().abs()) for s in out.scores)
+    return bot.tok.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True).strip(), margin
+
+
 def ask(client, q: str, **kw) -> str:
     r = client.chat.completions.create(model="gptpipe", messages=[user(q)], temperature=0, max_tokens=16, **kw)
     return r.choices[0].message.content.strip()
 
 
-def test_greedy_answers_equal_generate_streamed_or_not(client, greedy, server):
+def test_greedy_answers_equal_generate_streamed_or_not(client, greedy, server, chatty):  # noqa: F811
     assert greedy[QUESTIONS[-1]] == "40" and greedy[QUESTIONS[0]] == "Hi bob!", "the fixture memorized its answers"
+    heldout = [r["prompt"] for r in tasks.build(list(tasks.TASKS), 1, 8, 0.2, 0.0, seed=0)["eval"]]
+    bot = chat.load(chatty)
+    replies = [greedy_with_margin(bot, p) for p in heldout]
+    decided = [(p, a) for p, (a, margin) in zip(heldout, replies) if margin > 0.01]  # float error decides a near tie
+    assert len(decided) >= 30 and [ask(client, p[0]["content"]) for p, _ in decided] == [a for _, a in decided]
     for q in QUESTIONS:
         assert ask(client, q) == greedy[q], q
         stream = client.chat.completions.create(model="gptpipe", messages=[user(q)], temperature=0, max_tokens=16,
