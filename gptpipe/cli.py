@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     run = sub.add_parser("run", help="set params (validated, written to params.yaml), then `dvc repro` a stage")
+    run.set_defaults(func=cmd_run)
     run.add_argument("stage", nargs="?", help="stage to bring up to date with its ancestors (default: all)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. pretrain.lr=1e-3")
     run.add_argument("--single", action="store_true", help="only this stage (`dvc repro -s`)")
@@ -24,13 +25,16 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--dry", action="store_true", help="set the params, then only print what would run")
 
     show = sub.add_parser("params", help="validate params.yaml and print it resolved (derived sizes included)")
+    show.set_defaults(func=cmd_params)
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     prof = sub.add_parser("profile", help="apply a profile overlay from profiles/ onto params.yaml")
+    prof.set_defaults(func=cmd_profile)
     prof.add_argument("action", choices=["use", "list"])
     prof.add_argument("name", nargs="?")
 
     pl = sub.add_parser("plan", help="size a run: params, tokens, FLOPs, hours and cost for a depth on N GPUs")
+    pl.set_defaults(func=cmd_plan)
     pl.add_argument("--depth", type=int, default=20)
     pl.add_argument("--gpus", type=int, default=8)
     pl.add_argument("--gpu", default="h100", help="h100, h200, a100, l40s, 4090")
@@ -40,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
                     "pretrain.nproc devices at device.peak_flops (--depth/--gpus unused)")
 
     fl = sub.add_parser("flow", help="run the Prefect speedrun flow here: one task per DVC stage, DVC decides what runs")
+    fl.set_defaults(func=cmd_flow)
     fl.add_argument("action", choices=["run"])
     fl.add_argument("--workspace", default=".", help="the gptpipe checkout to run in (default: the current folder)")
     fl.add_argument("--profile", help="apply profiles/PROFILE.yaml to params.yaml first")
@@ -50,12 +55,15 @@ def main(argv: list[str] | None = None) -> None:
     fl.add_argument("--no-wait", action="store_true", help="fail at once if another run holds the workspace")
 
     dep = sub.add_parser("deploy", help="create or update the deployments in flows/prefect.yaml (`prefect deploy`)")
+    dep.set_defaults(func=cmd_deploy)
     dep.add_argument("--name", action="append", metavar="NAME", help="only this deployment, e.g. nightly (default: all)")
 
     wk = sub.add_parser("worker", help="start a Prefect process worker on a work pool, running flows from this checkout")
+    wk.set_defaults(func=cmd_worker)
     wk.add_argument("--pool", required=True, help="e.g. gptpipe-cpu, gptpipe-gpu")
 
     hn = sub.add_parser("harness", help="run lm-evaluation-harness tasks on an HF model dir; rows go to the next report")
+    hn.set_defaults(func=cmd_harness)
     hn.add_argument("model", help="an HF model directory, e.g. export/hf or models/sft")
     hn.add_argument("--tasks", required=True, help="comma-separated lm_eval task names")
     hn.add_argument("--include-path", help="a folder of your own task YAMLs (local data files)")
@@ -63,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     hn.add_argument("--device", default="cpu")
 
     ch = sub.add_parser("chat", help="talk to a model in the terminal (default: the exported final model)")
+    ch.set_defaults(func=cmd_chat)
     ch.add_argument("model", nargs="?", type=Path, help="an HF model dir (export/hf, models/sft) or a .gguf file")
     ch.add_argument("-p", "--prompt", help="one question: print the reply and exit")
     ch.add_argument("--temperature", type=float, default=0.7, help="0: greedy (default 0.7)")
@@ -72,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     ch.add_argument("--seed", type=int, default=0)
 
     sv = sub.add_parser("serve", help="an OpenAI-compatible API and a web chat page for a model (llama.cpp)")
+    sv.set_defaults(func=cmd_serve)
     sv.add_argument("model", nargs="?", type=Path, help="a .gguf file or an HF model dir (default: export/hf)")
     sv.add_argument("--host", default="127.0.0.1", help="default loopback; another address needs --allow-remote")
     sv.add_argument("--port", type=int, default=8000)
@@ -82,29 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = ap.parse_args(argv)
     with user_errors("gptpipe"):
-        if args.cmd == "run":
-            cmd_run(args)
-        elif args.cmd == "params":
-            cmd_params(args)
-        elif args.cmd == "profile":
-            cmd_profile(args)
-        elif args.cmd == "plan":
-            cmd_plan(args)
-        elif args.cmd == "flow":
-            cmd_flow(args)
-        elif args.cmd == "deploy":
-            cmd_deploy(args)
-        elif args.cmd == "worker":
-            cmd_worker(args)
-        elif args.cmd == "harness":
-            cmd_harness(args)
-        elif args.cmd == "chat":
-            cmd_chat(args)
-        elif args.cmd == "serve":
-            from gptpipe import chat, serve
-
-            serve.serve(args.model or chat.DEFAULT, args.host, args.port, args.api_key, args.allow_remote,
-                        args.model_name)
+        args.func(args)
 
 
 def cmd_run(args) -> None:
@@ -267,3 +255,9 @@ def cmd_chat(args) -> None:
         chat.repl(bot, str(args.model or chat.DEFAULT), s)
     else:
         chat.reply(bot, [chat.user(args.prompt)], s)
+
+
+def cmd_serve(args) -> None:
+    from gptpipe import chat, serve
+
+    serve.serve(args.model or chat.DEFAULT, args.host, args.port, args.api_key, args.allow_remote, args.model_name)
