@@ -239,9 +239,6 @@ def cmd_harness(args) -> None:
     print(f"harness: {path}; `gptpipe run report --single --force` adds it to the report")
 
 
-if __name__ == "__main__":
-    main()
-
 
 
 def cmd_chat(args) -> None:
@@ -261,3 +258,7 @@ def cmd_serve(args) -> None:
     from gptpipe import chat, serve
 
     serve.serve(args.model or chat.DEFAULT, args.host, args.port, args.api_key, args.allow_remote, args.model_name)
+
+
+if __name__ == "__main__":
+    main()
