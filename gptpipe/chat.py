@@ -77,10 +77,6 @@ class GGUF:
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        with open(path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise UserError(f"{path}: not a GGUF file (it does not start with the GGUF magic); give a .gguf "
-                                "from export/gguf/ or an HF model dir such as export/hf")
         try:
             self.llm = Llama(str(path), n_ctx=context_length(path), verbose=False)
         except ValueError as e:
@@ -116,15 +112,23 @@ def context_length(gguf_path: Path) -> int:
     return int(field.contents())
 
 
-def load(path: Path | None) -> HF | GGUF:
-    """The model at `path` (default: the exported final model), refused in one line when it is not one."""
-    path = path or DEFAULT
+def checked(path: Path) -> Path:
+    """`path` if it exists and, being a file, starts with the GGUF magic; else a one-line UserError."""
     if not path.exists():
         hint = "run the pipeline first (`dvc repro`), or " if path == DEFAULT else ""
         raise UserError(f"{path}: no such model; {hint}give a model dir (export/hf, models/sft) or a .gguf file")
     if path.is_file():
-        return GGUF(path)
-    return HF(path)
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise UserError(f"{path}: not a GGUF file (it does not start with the GGUF magic); give a .gguf "
+                                "from export/gguf/ or an HF model dir such as export/hf")
+    return path
+
+
+def load(path: Path | None) -> HF | GGUF:
+    """The model at `path` (default: the exported final model), refused in one line when it is not one."""
+    path = checked(path or DEFAULT)
+    return GGUF(path) if path.is_file() else HF(path)
 
 
 def fit(bot: HF | GGUF, history: list[dict], s: Sampling) -> list[dict]:

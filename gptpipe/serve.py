@@ -46,15 +46,10 @@ def check_port(host: str, port: int) -> None:
 def as_gguf(model: Path, tmp: Path) -> Path:
     """`model` if it is a GGUF file; an HF dir written to tmp/model-f32.gguf and checked against transformers."""
     from gptpipe import gguf
+    from gptpipe.chat import checked
     from gptpipe.model import load_pretrained
 
-    if not model.exists():
-        raise UserError(f"{model}: no such model; give a model dir (export/hf, models/sft) or a .gguf file")
-    if model.is_file():
-        with open(model, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise UserError(f"{model}: not a GGUF file (it does not start with the GGUF magic); give a .gguf "
-                                "from export/gguf/ or an HF model dir such as export/hf")
+    if checked(model).is_file():
         return model
     tok, hf = load_pretrained(model)
     out = gguf.write(model, tmp / "model-f32.gguf", "f32")
