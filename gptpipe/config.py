@@ -241,10 +241,10 @@ class DPO(Supervised):
 
 
 class Pairs(Section):
-    """Preference pairs for reward and dpo. policy: the SFT model samples replies to the RL prompts and the task
-    checker labels them (on-policy). tasks: the tasks stage's pairs as they are (e.g. a preference dataset)."""
+    """Preference pairs for reward and dpo. policy: the SFT model's greedy and sampled replies to the RL prompts,
+    labeled by the task checker (on-policy). tasks: the tasks stage's pairs as they are (e.g. a preference dataset)."""
     source: Literal["policy", "tasks"]
-    samples: int = Field(ge=2)                 # replies sampled per prompt
+    samples: int = Field(ge=1)                 # replies sampled per prompt, besides the greedy one
     max_prompts: int | None = Field(ge=1)      # prompts sampled from, per split (the first ones); null = all
     temperature: float = Field(gt=0)
     max_new_tokens: int = Field(ge=1)

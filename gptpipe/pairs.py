@@ -1,9 +1,10 @@
-"""On-policy preference pairs: the SFT model's own sampled replies, labeled by the task checker.
+"""On-policy preference pairs: the SFT model's own replies, labeled by the task checker.
 
-For each prompt the policy samples `samples` replies. Each distinct reply the checker rejects (what the
-model really writes when it is wrong) makes a pair; its chosen side is one of the model's own right
-replies, in turn, or the reference answer when it wrote none. Prompts it always gets right give no pair. DPO and the reward model
-then learn from the mistakes this model makes, not from wrong answers it would never write.
+For each prompt the policy answers greedily (what evaluate scores) and samples `samples` more replies. Each
+distinct reply the checker rejects (what the model really writes when it is wrong) makes a pair; its chosen
+side is one of the model's own right replies, in turn, or the reference answer when it wrote none. Prompts
+it always gets right give no pair. DPO and the reward model then learn from the mistakes this model makes,
+its greedy answer's first of all, not from wrong answers it would never write.
 """
 
 from __future__ import annotations
@@ -36,12 +37,16 @@ def label(rows: list[dict], sampled: list[list[str]]) -> tuple[list[dict], dict]
 
 
 def make(s: Pairs, model, tok, rows: list[dict], device) -> tuple[list[dict], dict]:
-    """Sample, seeded, and label: the same model, rows and params give the same pairs."""
+    """Answer greedily, sample (seeded) and label: the same model, rows and params give the same pairs."""
+    prompts = [r["prompt"] for r in rows]
+    greedy = replies(model, tok, prompts, device, s.batch_size, s.max_new_tokens)
     torch.manual_seed(s.seed)
-    sampled = replies(model, tok, [r["prompt"] for r in rows], device, s.batch_size, s.max_new_tokens,
-                      k=s.samples, temperature=s.temperature)
-    pairs, seen = label(rows, sampled)
-    seen["sample_accuracy"] = round(seen.pop("samples_right") / max(1, len(rows) * s.samples), 4)
+    sampled = replies(model, tok, prompts, device, s.batch_size, s.max_new_tokens, k=s.samples,
+                      temperature=s.temperature)
+    pairs, seen = label(rows, [g + x for g, x in zip(greedy, sampled)])
+    greedy_right = sum(check(g[0], r["answer"]) for g, r in zip(greedy, rows))
+    seen["greedy_accuracy"] = round(greedy_right / max(1, len(rows)), 4)
+    seen["sample_accuracy"] = round((seen.pop("samples_right") - greedy_right) / max(1, len(rows) * s.samples), 4)
     return pairs, seen
 
 
@@ -64,8 +69,8 @@ def write(s: Pairs, tasks_dir: Path, policy: Path, out: Path, device) -> dict:
         rows = read_jsonl(tasks_dir / f"{src}.jsonl", ("task", "prompt", "answer"))[:s.max_prompts]
         made, seen = make(s, model, tok, rows, device)
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in made))
-        print(f"pairs: {name}: {len(made)} pairs from {len(rows)} prompts x {s.samples} samples (sampled accuracy "
-              f"{seen['sample_accuracy']:.3f}; all right {seen['all_right']}, mixed {seen['mixed']}, none right "
+        print(f"pairs: {name}: {len(made)} pairs from {len(rows)} prompts x (greedy + {s.samples} samples) "
+              f"(greedy accuracy {seen['greedy_accuracy']:.3f}, sampled {seen['sample_accuracy']:.3f}; all right {seen['all_right']}, mixed {seen['mixed']}, none right "
               f"{seen['none_right']}); per task {dict(collections.Counter(r['task'] for r in made))}", flush=True)
         metrics |= {f"{name}_pairs": len(made), **{f"{name}_{k}": v for k, v in seen.items()}}
     return metrics

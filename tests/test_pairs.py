@@ -5,6 +5,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gptpipe import pairs, tasks
 from gptpipe.config import Pairs
+from gptpipe.evaluate import replies
 
 
 def row(q, a, task="copy"):
@@ -34,6 +35,11 @@ def test_make_is_seeded_and_checker_labeled(tiny_model):
     for p in made:
         a = answer[p["prompt"][0]["content"]]
         assert tasks.check(p["chosen"][0]["content"], a) and not tasks.check(p["rejected"][0]["content"], a)
+    greedy = [g[0] for g in replies(model, tok, [r["prompt"] for r in rows], "cpu", s.batch_size, s.max_new_tokens)]
+    wrong = {(r["prompt"][0]["content"], g) for r, g in zip(rows, greedy) if not tasks.check(g, r["answer"])}
+    assert wrong and wrong <= {(p["prompt"][0]["content"], p["rejected"][0]["content"]) for p in made}, \
+        "each wrong greedy answer (what evaluate scores) is rejected in a pair"
+    assert seen["greedy_accuracy"] == 1 - len(wrong) / len(rows)
     assert pairs.make(s, model, tok, rows, "cpu") == (made, seen), "same seed, same pairs"
     other, _ = pairs.make(s.model_copy(update={"seed": 1}), model, tok, rows, "cpu")
     assert [p["rejected"] for p in other] != [p["rejected"] for p in made]

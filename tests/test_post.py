@@ -171,7 +171,8 @@ def test_rl_trains_with_reward_model_and_checker_and_logs_kl_and_clipping(micro_
     rm = cwd / "rm0"  # a stand-in reward model: the base with an untrained score head, saved as the stage does
     for part in reward.load(base, fresh_head=True):
         part.save_pretrained(rm)
-    s = p.rl.model_copy(update={"algorithm": algorithm, "epochs": 0.5})  # 5 steps: one logged
+    both = p.rl.reward_weights.model_copy(update={"model": 1.0, "checker": 1.0})  # the default leaves the model out
+    s = p.rl.model_copy(update={"algorithm": algorithm, "epochs": 0.5, "reward_weights": both})  # 5 steps: one logged
     m = rl.train(s, p.wandb, policy=base, reward_model=rm, prompts=chat / "rl.jsonl", out=cwd / "rl")
     assert m["algorithm"] == algorithm and m["steps"] > 0 and m["kl_last"] is not None
     assert m["reward_last"] is not None and (m["clip_ratio_last"] is not None or algorithm == "rloo")

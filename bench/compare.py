@@ -1,0 +1,54 @@
+"""Paired greedy accuracy of models on the same task questions, for tuning a post-training stage without
+looking at the held-out set.
+
+    python bench/compare.py models/sft models/dpo [--rows data/raw/tasks/rl.jsonl --skip 4000]
+
+The default rows are the last 1,000 RL prompts: training-side questions that SFT never saw and that pairs
+(its first `pairs.max_prompts`) does not use, so choices made here are not fitted to the held-out card.
+Prints each model's accuracy per task and each model's paired difference from the first, with a 95% interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+from pathlib import Path
+
+import torch
+
+from gptpipe.effects import Z95, paired
+from gptpipe.evaluate import replies
+from gptpipe.io import read_jsonl
+from gptpipe.model import load_pretrained
+from gptpipe.tasks import check
+
+
+def hits(model_dir: Path, rows: list[dict]) -> list[bool]:
+    tok, model = load_pretrained(model_dir, dtype=torch.float32)
+    answers = replies(model, tok, [r["prompt"] for r in rows], torch.device("cpu"), batch=256)
+    return [check(a[0], r["answer"]) for r, a in zip(rows, answers)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="+", type=Path)
+    ap.add_argument("--rows", type=Path, default=Path("data/raw/tasks/rl.jsonl"))
+    ap.add_argument("--skip", type=int, default=4000, help="leading rows left out (those pairs and RL train on)")
+    ap.add_argument("--tasks", nargs="*", help="only these tasks")
+    a = ap.parse_args()
+    rows = [r for r in read_jsonl(a.rows, ("task", "prompt", "answer"))[a.skip:] if not a.tasks or r["task"] in a.tasks]
+    scored = {m: hits(m, rows) for m in a.models}
+    names = sorted({r["task"] for r in rows})
+    print(f"{'model':<28}" + "".join(f"{t:>12}" for t in names) + f"{'all':>8}  paired diff vs {a.models[0]} [95%]")
+    base = [float(h) for h in scored[a.models[0]]]
+    for m, h in scored.items():
+        per = collections.defaultdict(list)
+        for r, x in zip(rows, h):
+            per[r["task"]].append(x)
+        diff, se = paired(base, [float(x) for x in h])
+        print(f"{str(m):<28}" + "".join(f"{sum(per[t]) / len(per[t]):>12.3f}" for t in names) +
+              f"{sum(h) / len(h):>8.3f}  {diff:+.4f} [{diff - Z95 * se:+.4f}, {diff + Z95 * se:+.4f}] (n={len(h)})")
+
+
+if __name__ == "__main__":
+    main()
