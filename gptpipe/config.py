@@ -172,6 +172,9 @@ class Train(Section):
     weight_decay: float = Field(ge=0)
     beta1: float = Field(ge=0, lt=1)
     beta2: float = Field(ge=0, lt=1)
+    optimizer: Literal["adamw", "muon"]      # muon: Muon for the blocks' matrices, AdamW (lr) for the rest
+    muon_lr: float = Field(gt=0, lt=1)
+    muon_momentum: float = Field(ge=0, lt=1)
     grad_clip: float = Field(ge=0)           # 0 = off
     dtype: Literal["auto", "float32", "bfloat16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool
@@ -288,7 +291,7 @@ class Device(Section):
 
 
 class Evaluate(Section):
-    tokens: int = Field(ge=1)                # validation tokens scored for bits-per-byte
+    tokens: int | None = Field(ge=1)         # val tokens scored for bits-per-byte, from the start; null = the whole split
     batch_size: int = Field(ge=1)            # val windows (and multiple-choice items) per forward pass
     gen_batch_size: int = Field(ge=1)        # held-out questions answered per generate call
     prompts: list[str] = Field(min_length=1)

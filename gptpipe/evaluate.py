@@ -38,7 +38,8 @@ def rate_rows(model: str, metric: str, hits: dict[str, list[bool]], overall: str
 
 
 def bpb_model(model, val: Shards, token_bytes: torch.Tensor, e: Evaluate, device) -> tuple[float, int, list]:
-    """(bits per byte, target bytes, [(nats, bytes)] per window) of `model` on the first e.tokens val tokens."""
+    """(bits per byte, target bytes, [(nats, bytes)] per window) of `model` on the first e.tokens val tokens
+    (all of them when e.tokens is None)."""
     seq_len = model.config.max_position_embeddings
     windows = list(val.windows(seq_len, e.tokens))
     per_window = []
@@ -56,7 +57,7 @@ def bpb_model(model, val: Shards, token_bytes: torch.Tensor, e: Evaluate, device
 
 
 def bpb_unigram(train: Shards, val: Shards, token_bytes: torch.Tensor, seq_len: int,
-                max_tokens: int) -> tuple[float, list]:
+                max_tokens: int | None) -> tuple[float, list]:
     """The same metric for a model that ignores context: add-one smoothed token frequencies of train."""
     counts = np.zeros(train.vocab_size, dtype=np.float64)
     for a in train.arrays:

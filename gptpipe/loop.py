@@ -1,6 +1,6 @@
 """Our training loop, shared by pretrain and midtrain.
 
-AdamW (fused on CUDA), warmup + cosine or warmup-stable-decay schedule, gradient accumulation to a
+AdamW (fused on CUDA), or Muon for the blocks' matrices beside it, warmup + cosine or warmup-stable-decay schedule, gradient accumulation to a
 token batch size, grad clipping, bf16 autocast on CUDA, optional torch.compile, DDP under torchrun,
 periodic validation, resumable checkpoints and a guard that stops on a non-finite loss.
 
@@ -45,13 +45,52 @@ def lr_at(step: int, steps: int, t: Train) -> float:
     return t.lr + (lo - t.lr) * (step - decay_start + 1) / max(1, steps - decay_start)
 
 
-def make_optimizer(model, t: Train, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; matrices (incl. embeddings) decay, vectors (norm gains) don't."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8,
-                             fused=device.type == "cuda")
+class Optimizers:
+    """Several optimizers stepped, zeroed, saved and scheduled as one."""
+
+    def __init__(self, *opts: torch.optim.Optimizer):
+        self.opts = opts
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.opts for g in o.param_groups]
+
+    def step(self) -> None:
+        for o in self.opts:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.opts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {str(i): o.state_dict() for i, o in enumerate(self.opts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for i, o in enumerate(self.opts):
+            o.load_state_dict(state[str(i)])
+
+
+def param_groups(model, t: Train) -> tuple[list, list[dict]]:
+    """(Muon's parameters, AdamW's groups). With t.optimizer muon, Muon takes the matrices inside the blocks;
+    AdamW keeps the embeddings and the head (a lookup and a classifier, not maps between hidden states)
+    and the vectors. Matrices decay, vectors (norm gains) don't."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    hidden = [p for n, p in named if t.optimizer == "muon" and p.dim() == 2 and ".layers." in n]
+    rest = [p for _, p in named if all(p is not h for h in hidden)]
+    return hidden, [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": t.weight_decay, "base_lr": t.lr},
+                    {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "base_lr": t.lr}]
+
+
+def make_optimizer(model, t: Train, device: torch.device) -> Optimizers:
+    """AdamW for everything, or Muon for the blocks' matrices and AdamW for the rest (t.optimizer). Each
+    group keeps its `base_lr`; the schedule scales them all alike."""
+    hidden, groups = param_groups(model, t)
+    opts = [torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=device.type == "cuda")]
+    if hidden:
+        opts.append(torch.optim.Muon(hidden, lr=t.muon_lr, weight_decay=0.0, momentum=t.muon_momentum))
+        opts[-1].param_groups[0]["base_lr"] = t.muon_lr
+    return Optimizers(*opts)
 
 
 def autocast(t: Train, device: torch.device):
@@ -133,7 +172,7 @@ def train(model, t: Train, proc: Proc, *, stage: str, batch_fn: Callable[[int, i
     for step in range(start, steps):
         lr = lr_at(step, steps, t)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = g["base_lr"] * lr / t.lr
         t0 = time.perf_counter()
         loss_sum = 0.0
         for micro in range(accum):

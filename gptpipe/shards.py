@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import multiprocessing as mp
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -152,9 +153,10 @@ class Shards:
         """`batch` random windows of seq_len+1 tokens: inputs and next-token targets (int64)."""
         return sample_windows(self.arrays, batch, seq_len, rng)
 
-    def windows(self, seq_len: int, max_tokens: int) -> Iterator[torch.Tensor]:
-        """Consecutive, non-overlapping windows of seq_len+1 tokens from the start, up to max_tokens targets."""
-        left = max_tokens
+    def windows(self, seq_len: int, max_tokens: int | None = None) -> Iterator[torch.Tensor]:
+        """Consecutive, non-overlapping windows of seq_len+1 tokens from the start, up to max_tokens targets
+        (None: every whole window of the split)."""
+        left = math.inf if max_tokens is None else max_tokens
         for a in self.arrays:
             for o in range(0, len(a) - seq_len, seq_len):
                 if left <= 0:

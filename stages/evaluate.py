@@ -44,6 +44,8 @@ with user_errors("evaluate"):
         print(f"evaluate: {m:<9} val bits/byte {metrics[f'{m}_val_bpb']:.4f}  held-out task accuracy "
               f"{metrics[f'{m}_tasks_accuracy']:.3f}, multiple choice {metrics.get(f'{m}_tasks_mc_accuracy', 0):.3f}, "
               f"val cloze {metrics.get(f'{m}_cloze_mc_accuracy', 0):.3f}")
+    scope = "the whole val split" if p.evaluate.tokens is None else f"the first {p.evaluate.tokens:,} val tokens"
+    print(f"evaluate: val bits/byte over {results[0]['rows'][0]['n']:,} bytes, {scope}")
     print(f"evaluate: unigram val bits/byte {metrics['unigram_val_bpb']:.4f}; "
           f"reward model held-out pairwise accuracy {metrics['reward_prefs_pairwise_accuracy']:.3f}")
     for e in table:

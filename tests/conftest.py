@@ -2,8 +2,11 @@
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,97 @@ def tiny_model(micro_data, tmp_path_factory):
     torch.manual_seed(0)
     save(LlamaForCausalLM(llama_config(p.model, p.tokenizer.vocab_size)), AutoTokenizer.from_pretrained(dirs["tokenizer"]), out)
     return out
+
+
+# ---------------------------------------------------------------- Prefect, and the one micro pipeline build
+def wait_for(what: str, check, timeout: float, every: float = 0.5):
+    """check() until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C the process group, then kill it: a Prefect worker or server never outlives its fixture."""
+    for sig, grace in [(signal.SIGINT, 15), (signal.SIGKILL, 10)]:
+        if proc.poll() is not None:
+            return
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@pytest.fixture(scope="session")
+def prefect_env(tmp_path_factory):
+    """Environment of everything Prefect in this test session: its own home, a free port, no analytics."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    e = dict(os.environ,
+             PREFECT_HOME=str(tmp_path_factory.mktemp("prefect_home")),
+             PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+             PREFECT_SERVER_ANALYTICS_ENABLED="false",
+             PREFECT_SERVER_UI_ENABLED="false",
+             PREFECT_WORKER_QUERY_SECONDS="1",        # the worker polls every second, not every 10
+             PREFECT_LOGGING_TO_API_BATCH_INTERVAL="0.3")
+    e.pop("GPTPIPE_HOME", None)
+    return e
+
+
+@pytest.fixture(scope="session")
+def prefect_server(prefect_env, tmp_path_factory):
+    """One `prefect server start` on 127.0.0.1 for the session (SQLite under PREFECT_HOME); this process talks
+    to it too."""
+    env = prefect_env
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    port = env["PREFECT_API_URL"].split(":")[-1].split("/")[0]
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                 "--port", port], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        import httpx
+
+        def healthy():
+            if proc.poll() is not None:
+                raise AssertionError(f"prefect server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                return httpx.get(env["PREFECT_API_URL"] + "/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for("the Prefect server to answer", healthy, timeout=120)
+        # Prefect reads its settings when first imported: point this process at the server before that.
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update({k: v for k, v in env.items() if k.startswith("PREFECT_")})
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            yield env["PREFECT_API_URL"]
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def micro_built(prefect_server, tmp_path_factory):
+    """The micro pipeline built once for the session, from scratch, by the speedrun flow (each stage a task that
+    runs `dvc repro -s STAGE`): (workspace, the flow run's state). The flow and the dvc tests each work on a copy.
+    The workspace is a whole checkout (flows/ too), so a deployment's worker can run its code."""
+    sys.path.insert(0, str(REPO))  # flows/ lives in the checkout, beside the installed gptpipe package
+    from flows.speedrun import speedrun
+
+    ws = make_workspace(tmp_path_factory.mktemp("built") / "ws", sets=("flow.retry_delay_s=0",))
+    shutil.copytree(REPO / "flows", ws / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    return ws, speedrun(workspace=str(ws), return_state=True)

@@ -86,12 +86,15 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(micro_data, tmp_path, monk
     assert not (tmp_path / "plots/pretrain.csv").exists()
 
 
-def test_crash_and_resume_matches_an_uninterrupted_run(micro_data, tmp_path, monkeypatch):
-    model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, ckpt_every=10)
-    loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "straight", **kw)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # Muon's momentum is in the checkpoint too
+def test_crash_and_resume_matches_an_uninterrupted_run(micro_data, tmp_path, monkeypatch, optimizer):
+    model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, ckpt_every=10, optimizer=optimizer)
+    m = loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "straight", **kw)
+    first_loss = float((tmp_path / "plots/pretrain.csv").read_text().splitlines()[1].split(",")[2])
+    assert m["final_loss"] < first_loss - 0.5
     reference = {k: v.clone() for k, v in model.state_dict().items()}
 
-    model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, ckpt_every=10)
+    model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, ckpt_every=10, optimizer=optimizer)
     good = kw["batch_fn"]
 
     def crash_at_step_15(step, micro):
@@ -103,11 +106,27 @@ def test_crash_and_resume_matches_an_uninterrupted_run(micro_data, tmp_path, mon
         loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "ck", **(kw | {"batch_fn": crash_at_step_15}))
     assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step_0000010"]
 
-    model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, ckpt_every=10)  # a fresh process
+    model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, ckpt_every=10, optimizer=optimizer)  # a fresh process
     m = loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "ck", **kw)
     assert m["resumed_from_step"] == 10
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, reference[k], rtol=0, atol=0)
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(micro_data, tmp_path, monkeypatch):
+    model, t, _ = setup_run(micro_data, tmp_path, monkeypatch, optimizer="muon")
+    hidden, groups = loop.param_groups(model, t)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)].split(".")[-2] for p in hidden}
+    assert muon == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert len(hidden) == 7 * len(model.model.layers)
+    decayed, plain = ({names[id(p)] for p in g["params"]} for g in groups)
+    assert decayed == {"model.embed_tokens.weight", "lm_head.weight"} and all("norm" in n for n in plain)
+    assert len(hidden) + len(decayed) + len(plain) == len(list(model.parameters())), "every parameter, once"
+    assert loop.param_groups(model, t.model_copy(update={"optimizer": "adamw"}))[0] == []
+    opt = loop.make_optimizer(model, t, torch.device("cpu"))
+    assert [type(o).__name__ for o in opt.opts] == ["AdamW", "Muon"]
+    assert sorted(g["base_lr"] for g in opt.param_groups) == [t.lr, t.lr, t.muon_lr]
 
 
 def test_checkpoint_of_other_params_is_ignored(micro_data, tmp_path, monkeypatch):

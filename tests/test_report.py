@@ -56,6 +56,10 @@ def test_runs_accumulate_and_compare(tmp_path):
 
     md = markdown.render(data)
     assert "| task | metric | unigram | base |" in md and "| val | bpb | 3 | 1.25 |" in md
+    assert "Val bits/byte: 1,000 bytes of the val split." in md and "Val bits/byte: 1,000 bytes" in page
+    (ws / "params.yaml").write_text("evaluate:\n  tokens: null\nreport:\n  title: t\n")
+    db.record_run(dbf, ws, title="t")
+    assert "Val bits/byte: 1,000 bytes (the whole val split)." in markdown.render(db.load(dbf))
     assert "| pretrain | 12.5 | cpu:2threads | 7,000 | 40.0% |" in md
     assert md.index("| download") < md.index("| pretrain")
 

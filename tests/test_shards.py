@@ -34,6 +34,15 @@ def test_meta_and_sampling(micro_data):
     assert len(w) == 4 and all(len(t) == 33 for t in w)
 
 
+def test_windows_cover_the_whole_split(micro_data):
+    """With no token limit the windows tile every shard: each token after a shard's first is a target once,
+    but for a tail shorter than a window."""
+    val = shards.Shards(micro_data[1]["tokens"], "val")
+    targets = np.concatenate([t[1:].numpy() for t in val.windows(32)])
+    every = np.concatenate([a[1:1 + (len(a) - 1) // 32 * 32] for a in val.arrays])
+    assert targets.tolist() == every.tolist() and len(targets) > 64
+
+
 def test_dtype_for_large_vocab():
     assert shards.dtype_for(65536) is np.uint16 and shards.dtype_for(65537) is np.uint32
 

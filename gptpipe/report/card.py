@@ -42,6 +42,17 @@ def regressions(evals: list[dict]) -> set[tuple[str, str, str]]:
     return {("val", "bpb", m) for m, v in bpb.items() if None not in (v, floor) and v > floor}
 
 
+def scored(evals: list[dict], params: dict) -> str:
+    """What the card's val bits/byte was scored on, in words."""
+    n = next((e["n"] for e in evals if (e["task"], e["metric"]) == ("val", "bpb") and e["n"]), None)
+    if n is None:
+        return ""
+    e = params.get("evaluate") or {}
+    scope = ("of the val split" if "tokens" not in e else "(the whole val split)" if e["tokens"] is None else
+             f"(the first {e['tokens']:,} tokens of the val split)")
+    return f"Val bits/byte: {n:,} bytes {scope}. Unigram: add-one smoothed token frequencies of the train split."
+
+
 def report_card(evals: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per (task, metric), one column per model in pipeline order."""
     models = models_of(evals)

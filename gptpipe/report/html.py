@@ -15,7 +15,8 @@ import json
 from html import escape
 
 from gptpipe.report.card import (STAGE_ORDER, Bad, effect_table, eval_deltas, export_checks, export_files, history,
-                                 history_table, in_order, params_diff, quantization_table, report_card, stage_table)
+                                 history_table, in_order, params_diff, quantization_table, report_card, scored,
+                                 stage_table)
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -170,6 +171,7 @@ def render(data: dict) -> str:
              f"{esc(run['params_hash'])} · {run['created_at']:%Y-%m-%d %H:%M} UTC</p>",
              "<h2>Report card</h2>",
              table(*report_card(run["evals"])) if run["evals"] else "<p class=muted>No evaluations.</p>",
+             f"<p class=muted>{esc(scored(run['evals'], run['params']))}</p>",
              *section("What each stage did", [effect_table(run["effects"])], "No stage effects in this run."),
              "<h2>Stages</h2>", table(*stage_table(run["stages"])),
              *section("Quantization", [quantization_table(q, run["evals"])] if q else [],

@@ -6,7 +6,7 @@ import re
 from html import escape
 
 from gptpipe.report.card import (Bad, effect_table, export_checks, export_files, quantization_table, report_card,
-                                 stage_table)
+                                 scored, stage_table)
 
 
 MARKUP = re.compile(r"([\\`*_\[\]!])")  # what would turn text into emphasis, code, links or remote images
@@ -43,6 +43,7 @@ def render(data: dict) -> str:
              f"run `{run['run_id']}` · git `{run['git_rev'][:10]}` · params `{run['params_hash']}` · "
              f"{run['created_at']:%Y-%m-%d %H:%M} UTC", "", "## Report card", "",
              table(*report_card(run["evals"])) if run["evals"] else "No evaluations.", "",
+             scored(run["evals"], run["params"]), "",
              *section("What each stage did", [effect_table(run["effects"])], "No stage effects in this run."),
              "## Stages", "", table(*stage_table(run["stages"])), "",
              *section("Quantization", [quantization_table(q, run["evals"])] if q else [],

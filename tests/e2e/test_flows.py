@@ -1,122 +1,39 @@
 """The Prefect speedrun flow on the micro profile, against a real `prefect server start` on 127.0.0.1.
 
-One server and one workspace serve the whole module (its tests run in file order and build on each other):
-the flow runs in this process, from the CLI, and as a deployment that a process worker picks up.
+The session's one server and its one micro build (tests/conftest.py: the first flow run, from scratch) serve
+the module, which works on its own copy of that workspace (its tests run in file order and build on each
+other): the flow runs in this process, from the CLI, and as a deployment that a process worker picks up.
 """
 
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, make_workspace, sh
+from conftest import REPO, sh, stop, wait_for
 
 pytestmark = pytest.mark.e2e
 sys.path.insert(0, str(REPO))  # flows/ lives in the checkout, beside the installed gptpipe package
 
 
-def wait_for(what: str, check, timeout: float, every: float = 0.5):
-    """check() until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Ctrl-C the process group, then kill it: a Prefect worker or server never outlives its fixture."""
-    for sig, grace in [(signal.SIGINT, 15), (signal.SIGKILL, 10)]:
-        if proc.poll() is not None:
-            return
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-
-
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Environment of everything Prefect in this module: its own home, a free port, no analytics."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    e = dict(os.environ,
-             PREFECT_HOME=str(tmp_path_factory.mktemp("prefect_home")),
-             PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-             PREFECT_SERVER_ANALYTICS_ENABLED="false",
-             PREFECT_SERVER_UI_ENABLED="false",
-             PREFECT_WORKER_QUERY_SECONDS="1",        # the worker polls every second, not every 10
-             PREFECT_LOGGING_TO_API_BATCH_INTERVAL="0.3")
-    e.pop("GPTPIPE_HOME", None)
-    return e
-
-
-@pytest.fixture(scope="module")
-def server(env, tmp_path_factory):
-    """`prefect server start` on 127.0.0.1 (SQLite under PREFECT_HOME); this process talks to it too."""
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    port = env["PREFECT_API_URL"].split(":")[-1].split("/")[0]
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                 "--port", port], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        import httpx
-
-        def healthy():
-            if proc.poll() is not None:
-                raise AssertionError(f"prefect server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                return httpx.get(env["PREFECT_API_URL"] + "/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for("the Prefect server to answer", healthy, timeout=120)
-        # Prefect reads its settings when first imported: point this process at the server before that.
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update({k: v for k, v in env.items() if k.startswith("PREFECT_")})
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            yield env["PREFECT_API_URL"]
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    finally:
-        stop(proc)
-
-
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    """A micro workspace that is a whole checkout (flows/ included): the deployment's worker runs its code."""
-    ws = make_workspace(tmp_path_factory.mktemp("flows") / "ws", sets=("flow.retry_delay_s=0",))
-    shutil.copytree(REPO / "flows", ws / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+def ws(micro_built, tmp_path_factory):
+    """A copy of the session's built micro workspace (flows/ included: the deployment's worker runs its code)."""
+    ws = tmp_path_factory.mktemp("flows") / "ws"
+    shutil.copytree(micro_built[0], ws, symlinks=True)
     return ws
 
 
 @pytest.fixture(scope="module")
-def built(server, ws):
-    """The first flow run on the fresh workspace: it runs every stage."""
-    from flows.speedrun import speedrun
-
-    return ws, speedrun(workspace=str(ws), return_state=True)
+def built(micro_built, ws):
+    """This module's workspace, and the state of the flow run that built the session's workspace from scratch."""
+    return ws, micro_built[1]
 
 
 # ---------------------------------------------------------------- helpers
@@ -191,7 +108,7 @@ def leftovers(ws: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------- in-process flow runs
-def test_flow_runs_every_stage_as_a_task(built):
+def test_flow_runs_every_stage_as_a_task(built, micro_built):
     ws, state = built
     g = graph(ws)
     assert state.is_completed(), state.message
@@ -208,7 +125,7 @@ def test_flow_runs_every_stage_as_a_task(built):
     assert table.type == "table" and {"model", "task", "metric", "value", "n", "stderr"} <= set(rows[0])
     assert any(r["metric"] == "bpb" for r in rows)
     card = artifact("gptpipe-report", state.state_details.flow_run_id)
-    assert card.type == "markdown" and str(ws / "reports" / "index.html") in card.data
+    assert card.type == "markdown" and str(micro_built[0] / "reports" / "index.html") in card.data
     assert (ws / "reports" / "report.md").read_text() in card.data
     assert "up to date" in sh([sys.executable, "-m", "dvc", "status"], ws).stdout
 
@@ -298,7 +215,7 @@ def test_bad_input_is_refused_in_one_line(built):
 
 
 # ---------------------------------------------------------------- two runs, one workspace
-def test_two_runs_on_one_workspace(built, server, env, tmp_path):
+def test_two_runs_on_one_workspace(built, prefect_server, prefect_env, tmp_path):
     from flows.lock import holder
 
     ws, _ = built
@@ -306,7 +223,7 @@ def test_two_runs_on_one_workspace(built, server, env, tmp_path):
 
     def flow_run(*args, out: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "flow", "run", "--workspace", str(ws), *args],
-                                cwd=REPO, env=env, stdout=open(tmp_path / out, "w"), stderr=subprocess.STDOUT)
+                                cwd=REPO, env=prefect_env, stdout=open(tmp_path / out, "w"), stderr=subprocess.STDOUT)
 
     first = flow_run("--force", "report", out="first.log")
     wait_for("the first run to hold the workspace", lambda: first.poll() is not None or holder(ws), timeout=90)
@@ -327,7 +244,7 @@ def test_two_runs_on_one_workspace(built, server, env, tmp_path):
 
 
 # ---------------------------------------------------------------- deployments on a worker
-def test_deployment_runs_on_a_process_worker(built, server, env, tmp_path):
+def test_deployment_runs_on_a_process_worker(built, prefect_server, prefect_env, tmp_path):
     import duckdb
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -338,7 +255,7 @@ def test_deployment_runs_on_a_process_worker(built, server, env, tmp_path):
         for pool in ("gptpipe-cpu", "gptpipe-gpu"):
             c.create_work_pool(WorkPoolCreate(name=pool, type="process",
                                               base_job_template=ProcessWorker.get_default_base_job_template()))
-    sh([sys.executable, "-m", "gptpipe.cli", "deploy"], ws, env=env)
+    sh([sys.executable, "-m", "gptpipe.cli", "deploy"], ws, env=prefect_env)
     with client() as c:
         nightly = c.read_deployment_by_name("speedrun/nightly")
         gpu = c.read_deployment_by_name("speedrun/gpu")
@@ -363,10 +280,10 @@ def test_deployment_runs_on_a_process_worker(built, server, env, tmp_path):
     before = count()
     log = tmp_path / "worker.log"
     worker = subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "worker", "--pool", "gptpipe-cpu"], cwd=ws,
-                              env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                              env=prefect_env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         r = sh([sys.executable, "-m", "prefect", "deployment", "run", "speedrun/nightly",
-                "--param", 'force=["report"]'], ws, env=env)
+                "--param", 'force=["report"]'], ws, env=prefect_env)
         run_id = re.search(r"UUID: ([0-9a-f-]{36})", r.stdout).group(1)
 
         def final():
