@@ -17,16 +17,14 @@ from pathlib import Path
 import torch
 
 from gptpipe.effects import Z95, paired
-from gptpipe.evaluate import replies
+from gptpipe.evaluate import task_accuracy
 from gptpipe.io import read_jsonl
 from gptpipe.model import load_pretrained
-from gptpipe.tasks import check
 
 
 def hits(model_dir: Path, rows: list[dict]) -> list[bool]:
     tok, model = load_pretrained(model_dir, dtype=torch.float32)
-    answers = replies(model, tok, [r["prompt"] for r in rows], torch.device("cpu"), batch=256)
-    return [check(a[0], r["answer"]) for r, a in zip(rows, answers)]
+    return task_accuracy(model, tok, rows, torch.device("cpu"), str(model_dir), batch=256)[2]
 
 
 def main() -> None:

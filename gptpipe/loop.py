@@ -1,7 +1,7 @@
 """Our training loop, shared by pretrain and midtrain.
 
-AdamW (fused on CUDA), or Muon for the blocks' matrices beside it, warmup + cosine or warmup-stable-decay schedule, gradient accumulation to a
-token batch size, grad clipping, bf16 autocast on CUDA, optional torch.compile, DDP under torchrun,
+AdamW (fused on CUDA), or Muon for the blocks' matrices beside it, warmup + cosine or warmup-stable-decay
+schedule, gradient accumulation to a token batch size, grad clipping, bf16 autocast on CUDA, optional torch.compile, DDP under torchrun,
 periodic validation, resumable checkpoints and a guard that stops on a non-finite loss.
 
 Batches come from `batch_fn(step, micro)`, a pure function of its arguments, so a resumed run sees
@@ -77,7 +77,8 @@ def param_groups(model, t: Train) -> tuple[list, list[dict]]:
     and the vectors. Matrices decay, vectors (norm gains) don't."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     hidden = [p for n, p in named if t.optimizer == "muon" and p.dim() == 2 and ".layers." in n]
-    rest = [p for _, p in named if all(p is not h for h in hidden)]
+    taken = {id(p) for p in hidden}
+    rest = [p for _, p in named if id(p) not in taken]
     return hidden, [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": t.weight_decay, "base_lr": t.lr},
                     {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "base_lr": t.lr}]
 
@@ -88,8 +89,8 @@ def make_optimizer(model, t: Train, device: torch.device) -> Optimizers:
     hidden, groups = param_groups(model, t)
     opts = [torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=device.type == "cuda")]
     if hidden:
-        opts.append(torch.optim.Muon(hidden, lr=t.muon_lr, weight_decay=0.0, momentum=t.muon_momentum))
-        opts[-1].param_groups[0]["base_lr"] = t.muon_lr
+        opts.append(torch.optim.Muon([{"params": hidden, "base_lr": t.muon_lr}], lr=t.muon_lr, weight_decay=0.0,
+                                     momentum=t.muon_momentum))
     return Optimizers(*opts)
 
 

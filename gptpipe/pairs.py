@@ -70,7 +70,8 @@ def write(s: Pairs, tasks_dir: Path, policy: Path, out: Path, device) -> dict:
         made, seen = make(s, model, tok, rows, device)
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in made))
         print(f"pairs: {name}: {len(made)} pairs from {len(rows)} prompts x (greedy + {s.samples} samples) "
-              f"(greedy accuracy {seen['greedy_accuracy']:.3f}, sampled {seen['sample_accuracy']:.3f}; all right {seen['all_right']}, mixed {seen['mixed']}, none right "
+              f"(greedy accuracy {seen['greedy_accuracy']:.3f}, sampled {seen['sample_accuracy']:.3f}; "
+              f"all right {seen['all_right']}, mixed {seen['mixed']}, none right "
               f"{seen['none_right']}); per task {dict(collections.Counter(r['task'] for r in made))}", flush=True)
         metrics |= {f"{name}_pairs": len(made), **{f"{name}_{k}": v for k, v in seen.items()}}
     return metrics
