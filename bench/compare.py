@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=4000, help="leading rows left out (those pairs and RL train on)")
     ap.add_argument("--tasks", nargs="*", help="only these tasks")
     a = ap.parse_args()
-    rows = [r for r in read_jsonl(a.rows, ("task", "prompt", "answer"))[a.skip:] if not a.tasks or r["task"] in a.tasks]
+    rows = [r for r in read_jsonl(a.rows, ("task", "prompt", "answer"), made_by="tasks")[a.skip:] if not a.tasks or r["task"] in a.tasks]
     scored = {m: hits(m, rows) for m in a.models}
     names = sorted({r["task"] for r in rows})
     print(f"{'model':<28}" + "".join(f"{t:>12}" for t in names) + f"{'all':>8}  paired diff vs {a.models[0]} [95%]")

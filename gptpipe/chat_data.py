@@ -18,7 +18,8 @@ import re
 
 from gptpipe.config import HFRL, HFSFT, HFChatSource, HFPrefs, TasksHF
 from gptpipe.errors import UserError
-from gptpipe.tasks import assistant, is_heldout, user
+from gptpipe.split import in_fraction
+from gptpipe.tasks import assistant, user
 
 ROLES = ("system", "user", "assistant")
 
@@ -109,7 +110,7 @@ def prefs(h: HFPrefs, seed: int, key: str = "tasks.hf.prefs") -> tuple[list[dict
                             f"(or set {key}.prompt_field)")
         row = {"task": "hf_prefs", "prompt": prompt, "chosen": [assistant(chosen)], "rejected": [assistant(rejected)]}
         text = "\n".join(m["content"] for m in prompt)
-        (held if is_heldout(text, h.heldout_fraction, seed) else train).append(row)
+        (held if in_fraction(h.heldout_fraction, seed, text) else train).append(row)
     return train, held
 
 
@@ -129,7 +130,7 @@ def rl(h: HFRL, seed: int, key: str = "tasks.hf.rl") -> tuple[list[dict], list[d
         if not answer:
             raise UserError(f"{where}, column {a_col!r}: {key}.answer_pattern '{h.answer_pattern}' finds no final "
                             f"answer in {str(a)[-120:]!r}; fix the pattern (GSM8K: '####\\s*(.+)') or the column")
-        (held if is_heldout(q, h.heldout_fraction, seed) else train).append(
+        (held if in_fraction(h.heldout_fraction, seed, q) else train).append(
             {"task": "hf_rl", "prompt": [user(q)], "answer": answer})
     return train, held
 

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
                     "pretrain.nproc devices at device.peak_flops (--depth/--gpus unused)")
 
     fl = sub.add_parser("flow", help="run the Prefect speedrun flow here: one task per DVC stage, DVC decides what runs")
-    fl.set_defaults(func=cmd_flow)
+    fl.set_defaults(func=cmd_prefect)
     fl.add_argument("action", choices=["run"])
     fl.add_argument("--workspace", default=".", help="the gptpipe checkout to run in (default: the current folder)")
     fl.add_argument("--profile", help="apply profiles/PROFILE.yaml to params.yaml first")
@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     fl.add_argument("--no-wait", action="store_true", help="fail at once if another run holds the workspace")
 
     dep = sub.add_parser("deploy", help="create or update the deployments in flows/prefect.yaml (`prefect deploy`)")
-    dep.set_defaults(func=cmd_deploy)
+    dep.set_defaults(func=cmd_prefect)
     dep.add_argument("--name", action="append", metavar="NAME", help="only this deployment, e.g. nightly (default: all)")
 
     wk = sub.add_parser("worker", help="start a Prefect process worker on a work pool, running flows from this checkout")
-    wk.set_defaults(func=cmd_worker)
+    wk.set_defaults(func=cmd_prefect)
     wk.add_argument("--pool", required=True, help="e.g. gptpipe-cpu, gptpipe-gpu")
 
     hn = sub.add_parser("harness", help="run lm-evaluation-harness tasks on an HF model dir; rows go to the next report")
@@ -156,8 +156,7 @@ def cmd_profile(args) -> None:
               "bench/gpu.sh)")
 
 
-
-# ---------------------------------------------------------------- Prefect (flows/): imported only by these commands
+# ---------------------------------------------------------------- Prefect: flows/commands.py, imported only here
 def checkout() -> Path:
     """The checkout this gptpipe runs from. flows/ sits beside the package there; it is not installed with it."""
     root = Path(__file__).resolve().parents[1]
@@ -169,58 +168,12 @@ def checkout() -> Path:
     return root
 
 
-def prefect_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # stages need this venv
-    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline by default, like the rest of gptpipe
-    # Whatever Prefect serves is reachable from this machine only unless the user says otherwise: the API has
-    # no auth by default, and a worker's health server would listen on every interface (0.0.0.0).
-    env.setdefault("PREFECT_SERVER_API_HOST", "127.0.0.1")
-    env.setdefault("PREFECT_WORKER_WEBSERVER_HOST", "127.0.0.1")
-    # Without PREFECT_API_URL a flow run starts a temporary server: ~16 s on 2 cores, close to the 20 s limit.
-    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    return env
-
-
-def cmd_flow(args) -> None:
+def cmd_prefect(args) -> None:
+    """flow, deploy and worker live in flows/commands.py, importable from a checkout only."""
     checkout()
-    from flows import repro
+    from flows import commands
 
-    ws = repro.workspace_path(args.workspace)
-    force = True if args.force == [] else (args.force or False)
-    repro.select(repro.read_graph(ws), args.stages, force)  # bad names fail here, before Prefect starts
-    if args.profile:
-        repro.check_profile(ws, args.profile)
-    os.environ.update(prefect_env())  # before Prefect is imported: it reads its settings once
-    from flows.speedrun import speedrun
-
-    try:
-        result = speedrun(workspace=str(ws), profile=args.profile, stages=args.stages, force=force,
-                          dry_run=args.dry_run, wait=not args.no_wait)
-    except repro.StageFailed as e:
-        print(f"error [flow]: {e}", file=sys.stderr)
-        sys.exit(1)
-    for stage, outcome in result.items():
-        print(f"{stage:<12} {outcome}")
-
-
-def cmd_deploy(args) -> None:
-    root = checkout()
-    env = prefect_env()
-    env.setdefault("GPTPIPE_HOME", str(root))  # flows/prefect.yaml: the checkout the workers run from
-    names = [x for n in args.name or [] for x in ("--name", n)] or ["--all"]
-    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", "flows/prefect.yaml", *names]
-    print("+", " ".join(["prefect", *cmd[3:]]), flush=True)
-    sys.exit(subprocess.call(cmd, cwd=root, env=env))
-
-
-def cmd_worker(args) -> None:
-    root = checkout()
-    # Flow runs start in a throwaway folder; the deployments' pull step moves them to $GPTPIPE_HOME (this checkout).
-    env = prefect_env() | {"GPTPIPE_HOME": str(root)}
-    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "worker", "start", "--pool", args.pool, "--type", "process"]
-    print("+", " ".join(["prefect", *cmd[3:]]), f"(GPTPIPE_HOME={root})", flush=True)
-    os.execve(sys.executable, cmd, env)  # the worker takes this process: signals reach it directly
+    getattr(commands, args.cmd)(args)
 
 
 def cmd_harness(args) -> None:
@@ -237,8 +190,6 @@ def cmd_harness(args) -> None:
     for r in rows:
         print(f"{r['task']:<24} {r['metric']:<16} {fmt(r['value'])} ± {fmt(r['stderr'])}  (n={r['n']})")
     print(f"harness: {path}; `gptpipe run report --single --force` adds it to the report")
-
-
 
 
 def cmd_chat(args) -> None:

@@ -158,7 +158,7 @@ class Model(Section):
 
 # ---------------------------------------------------------------- training
 class Train(Section):
-    """Our own loop: pretrain and (later) midtrain share it."""
+    """Our own loop (gptpipe/loop.py): the pretrain and midtrain sections."""
     seq_len: int = Field(ge=8)
     batch_size: int = Field(ge=1)            # sequences per micro-batch per process
     total_batch_tokens: int = Field(ge=8)    # tokens per optimizer step, all processes; sets grad accumulation

@@ -10,7 +10,6 @@ Two sources, chosen by `data.source`:
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import sysconfig
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 
 from gptpipe.config import Data, HFSource
 from gptpipe.errors import UserError
+from gptpipe.split import in_fraction
 
 SKIP_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__"}
 
@@ -72,12 +72,6 @@ def hf_docs(h: HFSource) -> Iterator[tuple[str, str]]:
         yield str(i), text or ""
 
 
-def is_val(key: str, text: str, fraction: float, seed: int) -> bool:
-    """Stable split by content hash: the same document always lands on the same side."""
-    h = hashlib.blake2b(f"{seed}\0{key}\0{text[:256]}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2**64 < fraction
-
-
 def build(d: Data, out: Path, batch_docs: int = 1000) -> dict:
     """Write out/train.parquet and out/val.parquet; return counts for metrics."""
     docs = stdlib_docs() if d.source == "stdlib" else hf_docs(d.hf)
@@ -101,7 +95,7 @@ def build(d: Data, out: Path, batch_docs: int = 1000) -> dict:
             continue
         if total + n > d.max_bytes and total > 0:
             break
-        split = "val" if is_val(key, text, d.val_fraction, d.seed) else "train"
+        split = "val" if in_fraction(d.val_fraction, d.seed, key, text[:256]) else "train"
         buf[split].append(text)
         stats[f"{split}_docs"] += 1
         stats[f"{split}_bytes"] += n

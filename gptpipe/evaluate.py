@@ -180,11 +180,27 @@ def evaluate_model(name: str, model_dir: Path, s: Suite, device, unigram: bool =
     return {"model": name, "rows": rows, "samples": out, "items": items}
 
 
+@torch.no_grad()
+def pairwise_accuracy(model, tok, rows: list[dict], device, batch: int = 32) -> tuple[float, int]:
+    """Share of pairs whose chosen reply outscores the rejected one."""
+    model.to(device).eval()
+    tok.padding_side = "right"
+    wins = 0
+    for i in range(0, len(rows), batch):
+        chunk = rows[i:i + batch]
+        texts = [tok.apply_chat_template(r["prompt"] + r[side], tokenize=False) for side in ("chosen", "rejected")
+                 for r in chunk]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        scores = model(**enc).logits[:, 0]
+        wins += (scores[:len(chunk)] > scores[len(chunk):]).sum().item()
+    return wins / len(rows), len(rows)
+
+
 def evaluate_reward(name: str, model_dir: Path, pairs: list[dict], e: Evaluate, device) -> dict:
     """The reward model's pairwise accuracy on held-out preference pairs (chance: 0.5)."""
     from gptpipe.post import reward
 
     tok, model = reward.load(model_dir)
-    acc, n = reward.pairwise_accuracy(model, tok, pairs, device, batch=e.batch_size)
+    acc, n = pairwise_accuracy(model, tok, pairs, device, batch=e.batch_size)
     return {"model": name, "rows": [row(name, "prefs", "pairwise_accuracy", acc, n, math.sqrt(acc * (1 - acc) / n))],
             "samples": []}

@@ -52,34 +52,49 @@ def atomic_dir(path: str | Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_write(path: str | Path, text: str) -> Path:
+@contextmanager
+def replacing(path: str | Path):
+    """Yield a temporary sibling of the file `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
-    return path
+
+
+def atomic_write(path: str | Path, text: str) -> Path:
+    with replacing(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def write_json(path: str | Path, obj) -> Path:
     return atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: str | Path):
-    return json.loads(Path(path).read_text())
+def read_json(path: str | Path, *, made_by: str):
+    """A JSON file another stage wrote; unreadable or invalid, it names the file and the stage to rerun."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read ({e}); rerun `dvc repro {made_by}`") from None
 
 
-def read_jsonl(path: str | Path, keys: tuple[str, ...] = ()) -> list[dict]:
-    """The rows of a JSON-lines file made by the tasks stage; every row must have `keys`."""
+def read_jsonl(path: str | Path, keys: tuple[str, ...] = (), *, made_by: str) -> list[dict]:
+    """The rows of a JSON-lines file made by the stage `made_by`; every row must have `keys`."""
     try:
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read ({e}); rerun `dvc repro tasks`") from None
+        raise UserError(f"{path}: cannot read ({e}); rerun `dvc repro {made_by}`") from None
     bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict) or not set(keys) <= r.keys()), None)
     if not rows or bad is not None:
         where = "it is empty" if not rows else f"line {bad + 1} lacks one of them"
         raise UserError(f"{path}: expected JSON lines with {', '.join(keys) or 'rows'}, but {where}; "
-                        "rerun `dvc repro tasks`")
+                        f"rerun `dvc repro {made_by}`")
     return rows
 
 
@@ -91,14 +106,10 @@ def write_metrics(stage: str, metrics: dict) -> Path:
 def write_plot(stage: str, rows: list[dict]) -> Path:
     """plots/<stage>.csv, read by `dvc plots show` and by the report."""
     path = PLOTS / f"{stage}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+    with replacing(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
     return path
 
 

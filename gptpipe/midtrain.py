@@ -32,7 +32,7 @@ def run(p: Params, proc: Proc, *, base: Path, tokens: Path, conversations: Path,
     if model.config.vocab_size != corpus.vocab_size:
         raise UserError(f"{base} has a {model.config.vocab_size}-token vocabulary but {tokens} has "
                         f"{corpus.vocab_size}: rerun `dvc repro pretrain`")
-    chat = chat_stream(tok, read_jsonl(conversations, keys=("messages",)))
+    chat = chat_stream(tok, read_jsonl(conversations, ("messages",), made_by="tasks"))
     n_chat = round(t.batch_size * t.chat_fraction)
     if proc.main:
         print(f"midtrain: {len(chat):,} chat tokens, {corpus.tokens:,} corpus tokens; {n_chat} of "

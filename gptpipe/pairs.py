@@ -66,7 +66,7 @@ def write(s: Pairs, tasks_dir: Path, policy: Path, out: Path, device) -> dict:
     tok, model = load_pretrained(policy, dtype=torch.float32)
     metrics = {"source": "policy"}
     for name, src in SPLITS:
-        rows = read_jsonl(tasks_dir / f"{src}.jsonl", ("task", "prompt", "answer"))[:s.max_prompts]
+        rows = read_jsonl(tasks_dir / f"{src}.jsonl", ("task", "prompt", "answer"), made_by="tasks")[:s.max_prompts]
         made, seen = make(s, model, tok, rows, device)
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in made))
         print(f"pairs: {name}: {len(made)} pairs from {len(rows)} prompts x (greedy + {s.samples} samples) "

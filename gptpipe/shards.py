@@ -7,7 +7,6 @@ Each document is `<|bos|>` + its tokens; documents are concatenated and cut into
 from __future__ import annotations
 
 import collections
-import json
 import math
 import multiprocessing as mp
 from collections.abc import Iterable, Iterator
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from gptpipe.errors import UserError
+from gptpipe.io import read_json
 
 META = "meta.json"
 
@@ -132,10 +132,7 @@ class Shards:
         meta_path = root / META
         if not meta_path.exists():
             raise UserError(f"{meta_path} not found: run `dvc repro tokenize`")
-        try:
-            self.meta = json.loads(meta_path.read_text())
-        except ValueError as e:  # hand-edited, or cut short by a full disk
-            raise UserError(f"{meta_path} is not valid JSON ({e}): rerun `dvc repro tokenize`") from None
+        self.meta = read_json(meta_path, made_by="tokenize")  # hand-edited, or cut short by a full disk
         if split not in self.meta["splits"]:
             raise UserError(f"{meta_path} has no {split!r} split; rerun `dvc repro tokenize`")
         dtype = np.dtype(self.meta["dtype"])

@@ -17,9 +17,10 @@ Each has a question space of thousands or more, so held-out sets of hundreds per
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
+
+from gptpipe.split import in_fraction
 
 # Common short English words: the vocabulary of the word tasks (embedded so generation is offline).
 WORDS = """able acid aged also area army away baby back ball band bank base bath bear beat been beer bell belt
@@ -85,18 +86,13 @@ def check(completion: str, answer: str) -> bool:
     return bool(lines) and lines[0].strip().rstrip(".").strip() == answer
 
 
-def is_heldout(question: str, fraction: float, seed: int) -> bool:
-    h = hashlib.blake2b(f"{seed}\0{question}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2**64 < fraction
-
-
 def triples(task: str, n: int, heldout: bool, fraction: float, seed: int) -> list[Triple]:
     """Up to n distinct triples of one task on one side of the split (fewer if the task has fewer)."""
     r = random.Random(f"{seed}/{task}/{heldout}")
     out, seen = [], set()
     for _ in range(50 * n):
         q, a, w = TASKS[task](r)
-        if q not in seen and is_heldout(q, fraction, seed) == heldout:
+        if q not in seen and in_fraction(fraction, seed, q) == heldout:
             seen.add(q)
             out.append((q, a, w))
             if len(out) == n:

@@ -20,9 +20,9 @@ with user_errors("export"):
 
     p = load_params()
     source = require_file(*MODELS[p.export.model])
-    evals = [r for f in sorted(require_file("reports/eval", made_by="evaluate").glob("*.json")) for r in read_json(f)["rows"]]
-    quant = read_json(require_file("metrics/quantize.json", made_by="quantize"))
-    question = read_jsonl(require_file("data/raw/tasks/eval.jsonl", made_by="tasks"), ("prompt",))[0]["prompt"]
+    evals = [r for f in sorted(require_file("reports/eval", made_by="evaluate").glob("*.json")) for r in read_json(f, made_by="evaluate")["rows"]]
+    quant = read_json(require_file("metrics/quantize.json", made_by="quantize"), made_by="quantize")
+    question = read_jsonl(require_file("data/raw/tasks/eval.jsonl", made_by="tasks"), ("prompt",), made_by="tasks")[0]["prompt"]
     t0 = time.perf_counter()
     tok, model = load_pretrained(source, dtype=torch.float32)  # loaded once: the reference for every check
     n = p.export.check_new_tokens

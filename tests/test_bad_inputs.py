@@ -190,12 +190,12 @@ def test_chat_set_missing_empty_or_malformed(tmp_path, text, words):
     if text is not None:
         f.write_text(text)
     with pytest.raises(UserError, match=rf"sft.jsonl: .*{words}.*rerun `dvc repro tasks`"):
-        read_jsonl(f, ("messages",))
+        read_jsonl(f, ("messages",), made_by="tasks")
 
 
 def test_corrupt_shard_meta_and_tokenizer_files(micro_data, tokens, tmp_path):
     (tokens / shards.META).write_text('{"dtype": "uint16", "spl')  # cut short
-    with pytest.raises(UserError, match=r"meta.json is not valid JSON \(.*\): rerun `dvc repro tokenize`"):
+    with pytest.raises(UserError, match=r"meta.json: cannot read \(.*\); rerun `dvc repro tokenize`"):
         shards.Shards(tokens, "train")
     tok = tmp_path / "tok"
     shutil.copytree(micro_data[1]["tokenizer"], tok)

@@ -38,7 +38,7 @@ def chat(tmp_path_factory):
 
 def test_chat_stream_renders_every_conversation(base, chat):
     tok = AutoTokenizer.from_pretrained(base)
-    rows = read_jsonl(chat / "sft.jsonl")
+    rows = read_jsonl(chat / "sft.jsonl", made_by="tasks")
     stream = midtrain.chat_stream(tok, rows)
     assert (stream == tok.bos_token_id).sum() == len(rows)
     assert tok.decode(stream[:30]).startswith("<|bos|><|user_start|>Repeat after me:\n")
@@ -59,7 +59,7 @@ def test_sft_labels_the_reply_of_conversations_and_all_of_the_text(micro_data, b
     s = p.sft.model_copy(update={"text_fraction": 0.25, "max_length": 64})
     trainer = sft.make_trainer(s, p.wandb, policy=base, conversations=chat / "sft.jsonl", tokens=dirs["tokens"])
     tok, rows = trainer.processing_class, trainer.train_dataset
-    n_chat = len(read_jsonl(chat / "sft.jsonl"))
+    n_chat = len(read_jsonl(chat / "sft.jsonl", made_by="tasks"))
     assert len(rows) == n_chat + round(n_chat / 3)  # a quarter of all rows is text
     conversations, text = 0, 0
     for r in rows:
@@ -85,7 +85,7 @@ def test_sft_learns_and_is_scored_by_exact_match(micro_data, base, chat, tmp_pat
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
     tok = AutoTokenizer.from_pretrained(tmp_path / "sft")
     train_rows = [{"task": "copy", "prompt": r["messages"][:1], "answer": r["messages"][1]["content"]}
-                  for r in read_jsonl(chat / "sft.jsonl")]  # its own questions: a micro model memorizes
+                  for r in read_jsonl(chat / "sft.jsonl", made_by="tasks")]  # its own questions: a micro model memorizes
     rows, samples, hits = evaluate.task_accuracy(model, tok, train_rows, "cpu", "sft")
     before, _, _ = evaluate.task_accuracy(AutoModelForCausalLM.from_pretrained(base), tok, train_rows, "cpu", "base")
     after = {r["task"]: r for r in rows}
@@ -122,13 +122,13 @@ def test_reward_model_learns_to_rank_the_pairs(micro_data, base, chat, cwd):
     from gptpipe.post import reward
 
     p, _ = micro_data
-    pairs = read_jsonl(chat / "prefs_train.jsonl")
+    pairs = read_jsonl(chat / "prefs_train.jsonl", made_by="tasks")
     tok, untrained = reward.load(base, fresh_head=True)
-    before, n = reward.pairwise_accuracy(untrained, tok, pairs, "cpu")
+    before, n = evaluate.pairwise_accuracy(untrained, tok, pairs, "cpu")
     s = p.reward.model_copy(update={"epochs": 20, "lr": 0.005, "batch_size": 8})
     m = reward.train(s, p.wandb, policy=base, pairs=chat / "prefs_train.jsonl", out=cwd / "rm")
     assert type(AutoModelForSequenceClassification.from_pretrained(cwd / "rm")).__name__ == "LlamaForSequenceClassification"
-    after, _ = reward.pairwise_accuracy(*reversed(reward.load(cwd / "rm")), pairs, "cpu")
+    after, _ = evaluate.pairwise_accuracy(*reversed(reward.load(cwd / "rm")), pairs, "cpu")
     assert n == len(pairs) and after >= 0.8 > before and m["steps"] > 0
 
 
@@ -136,7 +136,7 @@ def test_dpo_moves_probability_towards_the_chosen_replies(micro_data, base, chat
     from gptpipe.post import dpo
 
     p, _ = micro_data
-    pairs = read_jsonl(chat / "prefs_train.jsonl")
+    pairs = read_jsonl(chat / "prefs_train.jsonl", made_by="tasks")
 
     def margin(model_dir) -> float:  # mean log p(chosen) - log p(rejected) of the reply tokens
         tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)

@@ -232,7 +232,7 @@ def test_chat_dataset_paths_are_confined_too():
 # ---------------------------------------------------------------- servers
 def test_prefect_serves_on_localhost_only(monkeypatch):
     """`gptpipe flow/deploy/worker` run Prefect with these settings; a temporary server binds 127.0.0.1 itself."""
-    from gptpipe.cli import prefect_env
+    from flows.commands import env as prefect_env
 
     for var in ("PREFECT_SERVER_API_HOST", "PREFECT_WORKER_WEBSERVER_HOST"):
         monkeypatch.delenv(var, raising=False)

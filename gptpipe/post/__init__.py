@@ -1,1 +1,1 @@
-"""Post-training with TRL/PEFT: SFT now; LoRA, reward model, DPO and RL follow the same shape."""
+"""Post-training with TRL and PEFT: sft, lora, reward, dpo and rl, each a `train()` that post/stage.run wraps."""

@@ -28,11 +28,11 @@ def load_policy(path: Path):
     return load_pretrained(path, dtype=torch.float32)
 
 
-def dataset(path: Path, keys: tuple[str, ...]):
-    """A `datasets.Dataset` of the tasks stage's JSON lines, with just the columns the trainer reads."""
+def dataset(path: Path, keys: tuple[str, ...], made_by: str):
+    """A `datasets.Dataset` of a stage's JSON lines, with just the columns the trainer reads."""
     from datasets import Dataset
 
-    return Dataset.from_list([{k: r[k] for k in keys} for r in read_jsonl(path, keys)])
+    return Dataset.from_list([{k: r[k] for k in keys} for r in read_jsonl(path, keys, made_by=made_by)])
 
 
 def ckpt_dir(stage: str, s: Post, inputs: tuple[Path, ...]) -> Path:
@@ -52,6 +52,8 @@ def trainer_args(s: Post, wb: Wandb, stage: str, *inputs: Path) -> dict:
     """
     cuda = torch.cuda.is_available()
     mode = os.environ.get("WANDB_MODE", wb.mode)
+    # warmup_steps takes the ratio: transformers 5 reads a float in [0, 1) as a share of the steps (warmup_ratio is
+    # deprecated), so params keep the unit the step count does not fix
     return dict(output_dir=str(ckpt_dir(stage, s, inputs)), run_name=stage, learning_rate=s.lr,
                 num_train_epochs=s.epochs, per_device_train_batch_size=s.batch_size,
                 gradient_accumulation_steps=s.grad_accum, warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay,

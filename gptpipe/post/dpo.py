@@ -19,7 +19,7 @@ def train(s: DPO, wb: Wandb, *, policy: Path, pairs: Path, out: Path) -> dict:
     tok, model = load_policy(policy)
     losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, s.sft_weight]} if s.sft_weight else {}
     cfg = DPOConfig(**trainer_args(s, wb, "dpo", policy, pairs), beta=s.beta, max_length=s.max_length, **losses)
-    trainer = DPOTrainer(model=model, args=cfg, train_dataset=dataset(pairs, PAIRS), processing_class=tok)
+    trainer = DPOTrainer(model=model, args=cfg, train_dataset=dataset(pairs, PAIRS, "pairs"), processing_class=tok)
     metrics = fit(trainer, "dpo")
     save(trainer, out)
     return {**metrics, "reward_accuracy": logged(trainer, "rewards/accuracies"),

@@ -32,23 +32,7 @@ def train(s: Reward, wb: Wandb, *, policy: Path, pairs: Path, out: Path) -> dict
     torch.manual_seed(s.seed)  # the new score head's init: the same seed makes the same reward model
     tok, model = load(policy, fresh_head=True)
     cfg = RewardConfig(**trainer_args(s, wb, "reward", policy, pairs), max_length=s.max_length)
-    trainer = RewardTrainer(model=model, args=cfg, train_dataset=dataset(pairs, PAIRS), processing_class=tok)
+    trainer = RewardTrainer(model=model, args=cfg, train_dataset=dataset(pairs, PAIRS, "pairs"), processing_class=tok)
     metrics = fit(trainer, "reward")
     save(trainer, out)
     return {**metrics, "train_pair_accuracy": logged(trainer, "accuracy")}
-
-
-@torch.no_grad()
-def pairwise_accuracy(model, tok, rows: list[dict], device, batch: int = 32) -> tuple[float, int]:
-    """Share of pairs whose chosen reply outscores the rejected one."""
-    model.to(device).eval()
-    tok.padding_side = "right"
-    wins = 0
-    for i in range(0, len(rows), batch):
-        chunk = rows[i:i + batch]
-        texts = [tok.apply_chat_template(r["prompt"] + r[side], tokenize=False) for side in ("chosen", "rejected")
-                 for r in chunk]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        scores = model(**enc).logits[:, 0]
-        wins += (scores[:len(chunk)] > scores[len(chunk):]).sum().item()
-    return wins / len(rows), len(rows)

@@ -36,7 +36,7 @@ def train(s: RL, wb: Wandb, *, policy: Path, reward_model: Path, prompts: Path, 
     cfg = Config(**trainer_args(s, wb, "rl", policy, reward_model, prompts), num_generations=s.num_generations,
                  temperature=s.temperature, max_completion_length=s.max_completion_length, beta=s.beta,
                  reward_weights=weights)
-    trainer = Trainer(model=model, reward_funcs=funcs, args=cfg, train_dataset=dataset(prompts, ("prompt", "answer")),
+    trainer = Trainer(model=model, reward_funcs=funcs, args=cfg, train_dataset=dataset(prompts, ("prompt", "answer"), "tasks"),
                       processing_class=tok, reward_processing_classes=classes)
     metrics = fit(trainer, "rl")
     save(trainer, out)

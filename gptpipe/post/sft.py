@@ -24,7 +24,7 @@ IGNORE = -100  # the label of a token outside the loss
 def examples(tok, conversations: Path, tokens: Path, s: SFT) -> list[dict]:
     """Pre-tokenized rows {input_ids, labels}: each conversation (labels on the assistant's tokens), then
     corpus windows of max_length tokens (labels on all) until they are text_fraction of the rows."""
-    chats = [r["messages"] for r in read_jsonl(conversations, ("messages",))]
+    chats = [r["messages"] for r in read_jsonl(conversations, ("messages",), made_by="tasks")]
     enc = tok.apply_chat_template(chats, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     rows = [{"input_ids": ids[:s.max_length], "labels": [t if m else IGNORE for t, m in zip(ids, mask)][:s.max_length]}
             for ids, mask in zip(enc["input_ids"], enc["assistant_masks"])]

@@ -22,6 +22,7 @@ import duckdb
 import yaml
 
 from gptpipe.errors import UserError
+from gptpipe.io import read_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, created_at TIMESTAMP, git_rev TEXT,
@@ -76,13 +77,6 @@ def number(v) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e}); rerun the stage that writes it") from None
-
-
 def shaped(path: Path, data, pick):
     """pick(data) pulls out the fields we store; a missing field or a wrong type names the file.
 
@@ -134,10 +128,10 @@ def exports(x: dict) -> tuple[list, list]:
 def collect(workspace: Path) -> dict:
     """Everything this run produced, read from the stage output files; missing ones are simply absent."""
     params = yaml.safe_load((workspace / "params.yaml").read_text()) or {}
-    stages = {f.stem: read_json(f) for f in sorted((workspace / "metrics").glob("*.json"))}
+    stages = {f.stem: read_json(f, made_by=f.stem) for f in sorted((workspace / "metrics").glob("*.json"))}
     qf, xf = workspace / "metrics" / "quantize.json", workspace / "reports" / "export.json"
     quant = shaped(qf, stages["quantize"], quantization) if "quantize" in stages else None
-    files, checks = shaped(xf, read_json(xf), exports) if xf.exists() else ([], [])
+    files, checks = shaped(xf, read_json(xf, made_by="export"), exports) if xf.exists() else ([], [])
     curves = []
     for f in sorted((workspace / "plots").glob("*.csv")):
         with open(f, newline="") as fh:
@@ -147,10 +141,10 @@ def collect(workspace: Path) -> dict:
                     curves += [(f.stem, int(step), k, x) for k, v in row.items() if (x := number(v)) is not None]
     reports = workspace / "reports"
     ef = reports / "effects.json"  # the evaluate stage's stage-by-stage changes
-    effect_rows = shaped(ef, read_json(ef), effects) if ef.exists() else []
+    effect_rows = shaped(ef, read_json(ef, made_by="evaluate"), effects) if ef.exists() else []
     evals, samples = [], []  # the evaluate stage's rows, then any `gptpipe harness` rows
     for f in [*sorted((reports / "eval").glob("*.json")), *sorted((reports / "harness").glob("*.json"))]:
-        data = read_json(f)
+        data = read_json(f, made_by="evaluate" if f.parent.name == "eval" else "`gptpipe harness`")
         evals += data.get("rows", [])
         samples += data.get("samples", [])
     return {"params": params, "stages": stages, "curves": curves, "evals": evals, "samples": samples,
