@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gptpipe import dist, loop  # noqa: E402
-from gptpipe.config import Wandb, load_params  # noqa: E402
+from gptpipe.config import load_params  # noqa: E402
 from gptpipe.model import flops_per_token, llama_config  # noqa: E402
 from gptpipe.shards import Shards  # noqa: E402
 
@@ -138,10 +138,9 @@ def main():
         from transformers import LlamaForCausalLM
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg)
-        m = loop.train(model, t, proc, stage="bench", total_tokens=args.steps * t.total_batch_tokens,
-                       batch_fn=lambda s, mi: data.sample(t.batch_size, t.seq_len, np.random.default_rng([s, mi])),
-                       val_windows=[], flops_per_token=fpt, peak_flops=peak, ckpt_root=Path(tmp) / "ck",
-                       key="bench", wandb_cfg=Wandb(mode="disabled", project="bench"), run_config={})
+        batch_fn = lambda s, mi: data.sample(t.batch_size, t.seq_len, np.random.default_rng([s, mi]))
+        m = loop.train(model, t, proc, loop.Run("bench", batch_fn, list(data.windows(t.seq_len, 4 * t.seq_len)),
+                                                args.steps * t.total_batch_tokens, Path(tmp) / "ck", "bench", fpt, peak))
         ours = m["tokens_per_s"]
         ref = reference_tokens_per_s(cfg, t, proc, data, args.steps)
 

@@ -7,6 +7,7 @@ A checkpoint remembers the hash of the params it was made with; other params sta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -18,8 +19,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gptpipe.errors import UserError, cause
+from gptpipe.io import digest
 
 STATE = "state.json"
+
+
+def key(params: dict, *inputs: Path) -> str:
+    """What a checkpoint was made from: a short hash of the params and of the inputs' bytes. Our loop and the
+    TRL stages key theirs with it, so one made with other params, another model or other data is never resumed."""
+    return hashlib.sha256((json.dumps(params, sort_keys=True) + digest(*inputs)).encode()).hexdigest()[:12]
 
 
 def save(root: Path, step: int, model, optimizer, state: dict) -> Path:

@@ -380,11 +380,6 @@ class Params(Section):
                 raise ValueError(f"{name} ({seq}) is above model.max_seq_len ({self.model.max_seq_len})")
         return self
 
-    def hash_of(self, *sections: str, extra: str = "") -> str:
-        """A short stable hash of some sections (all when none are named), e.g. to key checkpoints."""
-        dump = self.model_dump(include=set(sections) or None)
-        return hashlib.sha256((json.dumps(dump, sort_keys=True) + extra).encode()).hexdigest()[:12]
-
 
 def local_paths(section: BaseModel, prefix: str = "") -> Iterator[tuple[str, str]]:
     """(dotted key, path) for every value of a field marked LOCAL, in `section` and the sections inside it."""

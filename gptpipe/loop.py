@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -131,21 +132,77 @@ def val_loss(model, windows: list[torch.Tensor], t: Train, proc: Proc, batch: in
     return all_mean(total / max(count, 1), proc)
 
 
-def train(model, t: Train, proc: Proc, *, stage: str, batch_fn: Callable[[int, int], tuple],
-          val_windows: list[torch.Tensor], total_tokens: int, flops_per_token: float,
-          peak_flops: float, ckpt_root: Path, key: str, wandb_cfg: Wandb, run_config: dict) -> dict:
+@dataclass(frozen=True)
+class Run:
+    """One run of the loop besides the model and its Train section: data, length, checkpoints, logging."""
+    stage: str                                   # names the plot, the log, the wandb run and every message
+    batch_fn: Callable[[int, int], tuple]        # (step, micro) -> (x, y); pure, so a resume sees the same batches
+    val_windows: list[torch.Tensor]
+    total_tokens: int
+    ckpt_root: Path
+    key: str                                     # ckpt.key of what the run is made from
+    flops_per_token: float = 0.0                 # with peak_flops: the MFU figure
+    peak_flops: float = 1.0
+    wandb: Wandb = field(default_factory=lambda: Wandb(mode="disabled", project="gptpipe"))
+    config: dict = field(default_factory=dict)   # what wandb records of the params
+
+
+class Progress:
+    """What rank 0 reports as the run goes: a tqdm bar, logs/<stage>.jsonl, a wandb run when enabled, and at
+    the end plots/<stage>.csv. Other ranks report nothing."""
+
+    def __init__(self, run: Run, main: bool, steps: int, start: int, history: list[dict]):
+        self.main, self.history = main, history
+        self.bar = tqdm(total=steps, initial=start, desc=run.stage, unit="step", disable=not main,
+                        dynamic_ncols=True, mininterval=1.0)
+        self.log = RunLog(run.stage, fresh=not start) if main else None
+        self.wandb = start_wandb(run.wandb, run.stage, run.config) if main else None
+        self.stage = run.stage
+
+    def event(self, **row) -> None:
+        if self.main:
+            self.log(**row)
+
+    def step(self, row: dict, logged: bool, mfu: float) -> None:
+        self.bar.update(1)
+        if not self.main:
+            return
+        self.bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        self.history.append(row)
+        if logged:
+            self.log(event="step", **row, mfu=round(mfu, 6))
+            if self.wandb:
+                self.wandb.log({k: v for k, v in row.items() if k != "step"} | {"mfu": mfu}, step=row["step"])
+
+    def end(self, metrics: dict) -> None:
+        self.bar.close()
+        if not self.main:
+            return
+        write_plot(self.stage, self.history)
+        self.log(event="end", **metrics)
+        self.log.close()
+        if self.wandb:
+            self.wandb.summary.update(metrics)
+            self.wandb.finish()
+
+
+def train(model, t: Train, proc: Proc, run: Run) -> dict:
     """Train in place; return the stage metrics. Writes plots/<stage>.csv and logs/<stage>.jsonl."""
+    stage = run.stage
+    if not run.val_windows:
+        raise UserError(f"{stage}: the val split has fewer than seq_len+1 = {t.seq_len + 1} tokens: "
+                        f"raise data.val_fraction or lower {stage}.seq_len")
     per_step = t.batch_size * t.seq_len * proc.world
     if t.total_batch_tokens % per_step:
         raise UserError(f"{stage}.total_batch_tokens ({t.total_batch_tokens}) must be a multiple of "
                         f"batch_size * seq_len * processes ({per_step})")
     accum = t.total_batch_tokens // per_step
-    steps = max(1, total_tokens // t.total_batch_tokens)
+    steps = max(1, run.total_tokens // t.total_batch_tokens)
 
     model.to(proc.device).train()
     opt = make_optimizer(model, t, proc.device)
     start, history, state = 0, [], {}
-    found = ckpt.latest(ckpt_root, key)
+    found = ckpt.latest(run.ckpt_root, run.key)
     if found:
         state = ckpt.load(found, model, opt, proc.device)
         start, history = state["step"], state["history"]
@@ -158,17 +215,15 @@ def train(model, t: Train, proc: Proc, *, stage: str, batch_fn: Callable[[int, i
         fwd = torch.nn.parallel.DistributedDataParallel(
             fwd, device_ids=[proc.local_rank] if proc.device.type == "cuda" else None)
 
-    log = RunLog(stage, fresh=not found) if proc.main else None
-    run = start_wandb(wandb_cfg, stage, run_config) if proc.main else None
+    progress = Progress(run, proc.main, steps, start, history)
     if proc.main:
         what = f"resuming from {found} (step {start}/{steps})" if found else f"{steps} steps"
         print(f"{stage}: {what}, {accum} micro-batches of {t.batch_size}x{t.seq_len} tokens per step "
-              f"x {proc.world} process(es), {t.total_batch_tokens:,} tok/step, {total_tokens:,} tokens",
+              f"x {proc.world} process(es), {t.total_batch_tokens:,} tok/step, {run.total_tokens:,} tokens",
               flush=True)
-        log(event="start", steps=steps, resumed_from=start, accum=accum, world=proc.world)
+    progress.event(event="start", steps=steps, resumed_from=start, accum=accum, world=proc.world)
+    mfu = lambda tokens_per_s: run.flops_per_token * tokens_per_s / (run.peak_flops * proc.world)
 
-    bar = tqdm(total=steps, initial=start, desc=stage, unit="step", disable=not proc.main,
-               dynamic_ncols=True, mininterval=1.0)
     timed_tokens, timed_secs = 0, 0.0
     for step in range(start, steps):
         lr = lr_at(step, steps, t)
@@ -177,7 +232,7 @@ def train(model, t: Train, proc: Proc, *, stage: str, batch_fn: Callable[[int, i
         t0 = time.perf_counter()
         loss_sum = 0.0
         for micro in range(accum):
-            x, y = batch_fn(step, micro)
+            x, y = run.batch_fn(step, micro)
             x, y = x.to(proc.device, non_blocking=True), y.to(proc.device, non_blocking=True)
             sync = proc.world == 1 or micro == accum - 1
             with (nullcontext() if sync else fwd.no_sync()), autocast(t, proc.device):
@@ -188,7 +243,7 @@ def train(model, t: Train, proc: Proc, *, stage: str, batch_fn: Callable[[int, i
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         loss_val = all_mean(float(loss_sum), proc)  # one device sync per step
         if not math.isfinite(loss_val):
-            last = ckpt.latest(ckpt_root, key)
+            last = ckpt.latest(run.ckpt_root, run.key)
             raise NonFiniteLoss(f"{stage}: loss became {loss_val} at step {step}; nothing was written "
                                 f"(last good checkpoint: {last or 'none'}). Lower {stage}.lr or raise "
                                 f"{stage}.warmup_steps, then rerun to resume")
@@ -204,36 +259,21 @@ def train(model, t: Train, proc: Proc, *, stage: str, batch_fn: Callable[[int, i
                "lr": lr, "tokens_per_s": round(t.total_batch_tokens / dt, 1)}
         last_step = step + 1 == steps
         if (step + 1) % t.eval_every == 0 or last_step:
-            row["val_loss"] = round(val_loss(model, val_windows, t, proc, t.batch_size), 5)
-        bar.update(1)
-        if proc.main:
-            bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            history.append(row)
-            if (step + 1) % t.log_every == 0 or "val_loss" in row or last_step:
-                mfu = flops_per_token * row["tokens_per_s"] / (peak_flops * proc.world)
-                log(event="step", **row, mfu=round(mfu, 6))
-                if run:
-                    run.log({k: v for k, v in row.items() if k != "step"} | {"mfu": mfu}, step=step + 1)
+            row["val_loss"] = round(val_loss(model, run.val_windows, t, proc, t.batch_size), 5)
+        logged = (step + 1) % t.log_every == 0 or "val_loss" in row or last_step
+        progress.step(row, logged, mfu(row["tokens_per_s"]))
         if (step + 1) % t.ckpt_every == 0 and not last_step:
             if proc.main:
-                ckpt.save(ckpt_root, step + 1, model, opt, {"key": key, "history": history})
+                ckpt.save(run.ckpt_root, step + 1, model, opt, {"key": run.key, "history": history})
             barrier(proc)
-    bar.close()
 
     tps = timed_tokens / timed_secs if timed_secs else 0.0
     final = history[-1] if history else {}
     metrics = {"steps": steps, "tokens": steps * t.total_batch_tokens, "resumed_from_step": start,
                "final_loss": final.get("loss"), "val_loss": final.get("val_loss"),
-               "tokens_per_s": round(tps, 1), "processes": proc.world,
-               "mfu": round(flops_per_token * tps / (peak_flops * proc.world), 6),
-               "flops_per_token": flops_per_token}
-    if proc.main:
-        write_plot(stage, history)
-        log(event="end", **metrics)
-        log.close()
-        if run:
-            run.summary.update(metrics)
-            run.finish()
+               "tokens_per_s": round(tps, 1), "processes": proc.world, "mfu": round(mfu(tps), 6),
+               "flops_per_token": run.flops_per_token}
+    progress.end(metrics)
     return metrics
 
 

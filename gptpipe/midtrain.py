@@ -3,19 +3,18 @@ conversations rendered by the tokenizer's chat template, so it learns the conver
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gptpipe import loop
+from gptpipe import ckpt, loop
 from gptpipe.config import Params
 from gptpipe.dist import Proc
 from gptpipe.errors import UserError
-from gptpipe.io import digest, read_jsonl
+from gptpipe.io import read_jsonl
 from gptpipe.model import flops_per_token, load_pretrained, save
-from gptpipe.shards import Shards, sample_windows
+from gptpipe.shards import META, Shards, sample_windows
 
 
 def chat_stream(tok, conversations: list[dict]) -> np.ndarray:
@@ -47,12 +46,11 @@ def run(p: Params, proc: Proc, *, base: Path, tokens: Path, conversations: Path,
             parts.append(corpus.sample(t.batch_size - n_chat, t.seq_len, rng))
         return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
-    key = p.hash_of("midtrain", extra=json.dumps(corpus.meta) + digest(base / "model.safetensors", conversations))
-    metrics = loop.train(model, t, proc, stage="midtrain", batch_fn=batch_fn,
-                         val_windows=list(val.windows(t.seq_len, t.eval_tokens)), total_tokens=t.budget(model.num_parameters()),
-                         flops_per_token=flops_per_token(model.config, t.seq_len), peak_flops=p.device.peak_flops,
-                         ckpt_root=ckpt_root, key=key, wandb_cfg=p.wandb,
-                         run_config=p.model_dump(include={"midtrain"}))
+    config = p.model_dump(include={"midtrain"})
+    run = loop.Run("midtrain", batch_fn, list(val.windows(t.seq_len, t.eval_tokens)), t.budget(model.num_parameters()),
+                   ckpt_root, ckpt.key(config, tokens / META, base / "model.safetensors", conversations),
+                   flops_per_token(model.config, t.seq_len), p.device.peak_flops, p.wandb, config)
+    metrics = loop.train(model, t, proc, run)
     if out is not None and proc.main:
         save(model, tok, out)
     return {**metrics, "chat_tokens": int(len(chat)), "device": proc.label}

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from gptpipe import loop
+from gptpipe import ckpt, loop
 from gptpipe.config import Params
 from gptpipe.dist import Proc
 from gptpipe.errors import UserError
 from gptpipe.model import count_params, flops_per_token, llama_config, save
-from gptpipe.shards import Shards
+from gptpipe.shards import META, Shards
 
 
 def run(p: Params, proc: Proc, *, tokens: Path, tokenizer: Path, out: Path | None,
@@ -45,14 +44,10 @@ def run(p: Params, proc: Proc, *, tokens: Path, tokenizer: Path, out: Path | Non
         rng = np.random.default_rng([t.seed, step, micro, proc.rank])
         return train_data.sample(t.batch_size, t.seq_len, rng)
 
-    val_windows = list(val_data.windows(t.seq_len, t.eval_tokens))
-    if not val_windows:
-        raise UserError(f"the val split has fewer than seq_len+1 = {t.seq_len + 1} tokens: "
-                        "raise data.val_fraction or lower pretrain.seq_len")
-    metrics = loop.train(model, t, proc, stage="pretrain", batch_fn=batch_fn, val_windows=val_windows,
-                         total_tokens=total_tokens, flops_per_token=fpt, peak_flops=p.device.peak_flops,
-                         ckpt_root=ckpt_root, key=p.hash_of("model", "pretrain", extra=json.dumps(train_data.meta)),
-                         wandb_cfg=p.wandb, run_config=p.model_dump(include={"model", "pretrain"}))
+    config = p.model_dump(include={"model", "pretrain"})
+    run = loop.Run("pretrain", batch_fn, list(val_data.windows(t.seq_len, t.eval_tokens)), total_tokens, ckpt_root,
+                   ckpt.key(config, tokens / META), fpt, p.device.peak_flops, p.wandb, config)
+    metrics = loop.train(model, t, proc, run)
     if out is not None and proc.main:
         save(model, tok, out)
     return {**metrics, "params": counts["total"], "params_non_embedding": counts["non_embedding"],

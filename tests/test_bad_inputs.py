@@ -169,16 +169,23 @@ def test_shards_of_another_tokenizer(micro_data, tokens, tmp_path, monkeypatch):
                      tokenizer=dirs["tokenizer"], out=None, ckpt_root=tmp_path / "ck")
 
 
-def test_val_split_shorter_than_a_window(micro_data, tokens, tmp_path, monkeypatch):
+def test_val_split_shorter_than_a_window(micro_data, tiny_model, tokens, tmp_path, monkeypatch):
+    """Both stages of our loop refuse it before the first step (the check is the loop's own)."""
     p, dirs = micro_data
     np.arange(10, dtype=np.uint16).tofile(tokens / "val_0000.bin")
     meta = json.loads((tokens / shards.META).read_text())
     meta["splits"]["val"]["files"] = [{"file": "val_0000.bin", "tokens": 10}]
     (tokens / shards.META).write_text(json.dumps(meta))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match=r"the val split has fewer than seq_len\+1 = 65 tokens: raise "
+    with pytest.raises(UserError, match=r"pretrain: the val split has fewer than seq_len\+1 = 65 tokens: raise "
                                         r"data.val_fraction or lower pretrain.seq_len"):
         pretrain.run(p, dist.setup(CPU), tokens=tokens, tokenizer=dirs["tokenizer"], out=None, ckpt_root=tmp_path / "ck")
+    (tmp_path / "sft.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                                 {"role": "assistant", "content": "hello"}]}) + "\n")
+    with pytest.raises(UserError, match=r"midtrain: the val split has fewer .* lower midtrain.seq_len"):
+        midtrain.run(p, dist.setup(CPU), base=tiny_model, tokens=tokens, conversations=tmp_path / "sft.jsonl",
+                     out=None, ckpt_root=tmp_path / "ck")
+    assert not (tmp_path / "plots").exists() and not (tmp_path / "ck").exists()
 
 
 @pytest.mark.parametrize("text, words", [

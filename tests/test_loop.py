@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from gptpipe import ckpt, dist, loop
-from gptpipe.config import Device, Wandb
+from gptpipe.config import Device
 from gptpipe.model import llama_config
 from gptpipe.shards import Shards
 
@@ -41,14 +41,13 @@ def setup_run(micro_data, tmp_path, monkeypatch, **train_kw):
         return data.sample(t.batch_size, t.seq_len, np.random.default_rng([t.seed, step, micro]))
 
     kw = dict(stage="pretrain", batch_fn=batch_fn, val_windows=list(val.windows(t.seq_len, 2048)),
-              total_tokens=t.total_batch_tokens * 30, flops_per_token=1e6, peak_flops=1e11,
-              key="k", wandb_cfg=Wandb(mode="disabled", project="t"), run_config={})
+              total_tokens=t.total_batch_tokens * 30, flops_per_token=1e6, peak_flops=1e11, key="k")
     return model, t, kw
 
 
 def test_loss_goes_down_and_artifacts_are_written(micro_data, tmp_path, monkeypatch):
     model, t, kw = setup_run(micro_data, tmp_path, monkeypatch)
-    m = loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "ck", **kw)
+    m = loop.train(model, t, dist.setup(CPU), loop.Run(ckpt_root=tmp_path / "ck", **kw))
     rows = (tmp_path / "plots/pretrain.csv").read_text().splitlines()
     first_loss = float(rows[1].split(",")[2])
     assert m["steps"] == 30 and m["final_loss"] < first_loss - 0.5 and m["val_loss"] is not None
@@ -64,7 +63,7 @@ def test_compiled_step_trains_like_eager(micro_data, tmp_path, monkeypatch):
         (tmp_path / str(compiled)).mkdir()
         model, t, kw = setup_run(micro_data, tmp_path / str(compiled), monkeypatch, compile=compiled)
         kw["total_tokens"] = t.total_batch_tokens * 4
-        runs[compiled] = loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / str(compiled) / "ck", **kw)
+        runs[compiled] = loop.train(model, t, dist.setup(CPU), loop.Run(ckpt_root=tmp_path / str(compiled) / "ck", **kw))
     assert runs[True]["final_loss"] == pytest.approx(runs[False]["final_loss"], rel=1e-4)
     assert runs[True]["val_loss"] == pytest.approx(runs[False]["val_loss"], rel=1e-4)
 
@@ -82,14 +81,14 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(micro_data, tmp_path, monk
 
     model.register_forward_hook(poison)
     with pytest.raises(loop.NonFiniteLoss, match=r"loss became nan at step 8.*step_0000005.*Lower pretrain.lr"):
-        loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "ck", **kw)
+        loop.train(model, t, dist.setup(CPU), loop.Run(ckpt_root=tmp_path / "ck", **kw))
     assert not (tmp_path / "plots/pretrain.csv").exists()
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # Muon's momentum is in the checkpoint too
 def test_crash_and_resume_matches_an_uninterrupted_run(micro_data, tmp_path, monkeypatch, optimizer):
     model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, ckpt_every=10, optimizer=optimizer)
-    m = loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "straight", **kw)
+    m = loop.train(model, t, dist.setup(CPU), loop.Run(ckpt_root=tmp_path / "straight", **kw))
     first_loss = float((tmp_path / "plots/pretrain.csv").read_text().splitlines()[1].split(",")[2])
     assert m["final_loss"] < first_loss - 0.5
     reference = {k: v.clone() for k, v in model.state_dict().items()}
@@ -103,11 +102,11 @@ def test_crash_and_resume_matches_an_uninterrupted_run(micro_data, tmp_path, mon
         return good(step, micro)
 
     with pytest.raises(KeyboardInterrupt):
-        loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "ck", **(kw | {"batch_fn": crash_at_step_15}))
+        loop.train(model, t, dist.setup(CPU), loop.Run(ckpt_root=tmp_path / "ck", **(kw | {"batch_fn": crash_at_step_15})))
     assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step_0000010"]
 
     model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, ckpt_every=10, optimizer=optimizer)  # a fresh process
-    m = loop.train(model, t, dist.setup(CPU), ckpt_root=tmp_path / "ck", **kw)
+    m = loop.train(model, t, dist.setup(CPU), loop.Run(ckpt_root=tmp_path / "ck", **kw))
     assert m["resumed_from_step"] == 10
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, reference[k], rtol=0, atol=0)

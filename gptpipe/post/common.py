@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -14,9 +13,10 @@ import torch
 from safetensors import SafetensorError
 from transformers import TrainerCallback
 
+from gptpipe import ckpt
 from gptpipe.config import Post, Wandb
 from gptpipe.errors import UserError, cause
-from gptpipe.io import digest, read_jsonl, write_plot
+from gptpipe.io import read_jsonl, write_plot
 from gptpipe.model import load_pretrained
 
 PAIRS = ("prompt", "chosen", "rejected")  # the columns of the tasks stage's preference pairs
@@ -38,8 +38,7 @@ def dataset(path: Path, keys: tuple[str, ...], made_by: str):
 def ckpt_dir(stage: str, s: Post, inputs: tuple[Path, ...]) -> Path:
     """checkpoints/<stage>/<key>, the key a hash of the stage's params and of its inputs' bytes, so a checkpoint
     made with other params, another policy or other data is never resumed."""
-    key = hashlib.sha256((s.model_dump_json() + digest(*inputs)).encode()).hexdigest()
-    return Path("checkpoints", stage, key[:12])
+    return Path("checkpoints", stage, ckpt.key(s.model_dump(), *inputs))
 
 
 def trainer_args(s: Post, wb: Wandb, stage: str, *inputs: Path) -> dict:

@@ -13,7 +13,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from gptpipe import dist, loop
-from gptpipe.config import Device, Model, Train, Wandb
+from gptpipe.config import Device, Model, Train
 from gptpipe.model import llama_config
 from gptpipe.shards import Shards
 
@@ -43,10 +43,8 @@ out.mkdir(parents=True, exist_ok=True)
 import os  # noqa: E402
 
 os.chdir(out)  # plots/ and logs/ of this run land here
-metrics = loop.train(model, t, proc, stage="probe", batch_fn=batch_fn,
-                     val_windows=list(Shards(tokens, "val").windows(32, 256)), total_tokens=steps * 256,
-                     flops_per_token=1.0, peak_flops=1e11, ckpt_root=out / "ck", key="probe",
-                     wandb_cfg=Wandb(mode="disabled", project="p"), run_config={})
+metrics = loop.train(model, t, proc, loop.Run("probe", batch_fn, list(Shards(tokens, "val").windows(32, 256)),
+                                              steps * 256, out / "ck", "probe"))
 weights = hashlib.sha1(b"".join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()
 (out / f"rank{proc.rank}.json").write_text(json.dumps({"seen": seen, "weights": weights, **metrics}))
 dist.teardown(proc)
