@@ -13,10 +13,14 @@ written.
 
 from __future__ import annotations
 
+import collections
 import itertools
+import json
 import re
+from pathlib import Path
 
-from gptpipe.config import HFRL, HFSFT, HFChatSource, HFPrefs, TasksHF
+from gptpipe import tasks
+from gptpipe.config import HFRL, HFSFT, HFChatSource, HFPrefs, Params, TasksHF
 from gptpipe.errors import UserError
 from gptpipe.split import in_fraction
 from gptpipe.tasks import assistant, user
@@ -147,3 +151,20 @@ def build(hf: TasksHF, seed: int) -> dict[str, list[dict]]:
             raise UserError(f"{key}: the {name} set is empty after the held-out split; "
                             f"raise {key}.max_rows or move {key}.heldout_fraction away from 0/1")
     return sets
+
+
+def run(p: Params, proc, *, out: Path) -> dict:
+    """The tasks stage: every set as out/<set>.jsonl, synthetic (gptpipe/tasks.py) or, with `tasks.source: hf`,
+    from datasets, loaded and checked in full before anything is written."""
+    t = p.tasks
+    if t.source == "hf":
+        sets = build(t.hf, t.seed)
+    else:
+        sets = tasks.build(t.names, t.train_per_task, t.heldout_per_task, t.heldout_fraction, t.multi_turn, t.seed,
+                     n_rl=t.rl_per_task)
+    for name, rows in sets.items():
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    per_task = collections.Counter(r["task"] for r in sets["eval"])
+    print(f"tasks ({t.source}): " + ", ".join(f"{len(v)} {k}" for k, v in sets.items())
+          + f"; held-out per task {dict(per_task)}")
+    return {f"{k}_rows": len(v) for k, v in sets.items()}

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import itertools
 import sysconfig
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gptpipe.config import Data, HFSource
+from gptpipe.config import Data, HFSource, Params
 from gptpipe.errors import UserError
 from gptpipe.split import in_fraction
 
@@ -110,6 +111,16 @@ def build(d: Data, out: Path, batch_docs: int = 1000) -> dict:
             raise UserError(f"the {s} split is empty ({stats['train_docs'] + stats['val_docs']} documents read "
                             f"from data.source={d.source}): give more data or change data.val_fraction")
     return {"source": d.source, **stats}
+
+
+def run(p: Params, proc, *, out: Path) -> dict:
+    """The download stage: the corpus as out/{train,val}.parquet."""
+    t0 = time.perf_counter()
+    stats = build(p.data, out)
+    mb = (stats["train_bytes"] + stats["val_bytes"]) / 1e6
+    print(f"download: {stats['train_docs']} train / {stats['val_docs']} val documents, {mb:.1f} MB "
+          f"from {p.data.source} in {time.perf_counter() - t0:.1f} s")
+    return stats
 
 
 def read_texts(path: Path, max_chars: int | None = None) -> Iterator[str]:

@@ -59,8 +59,8 @@ def wants_cuda(d: Device) -> bool:
     return d.type == "cuda" or (d.type == "auto" and torch.cuda.is_available())
 
 
-def setup(d: Device) -> Proc:
-    """Pick the device and join the process group if launched by torchrun."""
+def setup(d: Device, join: bool = True) -> Proc:
+    """Pick the device and, launched by torchrun and asked to `join`, join the process group."""
     use_cuda = wants_cuda(d)
     if d.threads and not use_cuda:
         torch.set_num_threads(d.threads)
@@ -70,7 +70,7 @@ def setup(d: Device) -> Proc:
     if use_cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 matmuls on tensor cores
-    if world > 1 and not torch_dist.is_initialized():
+    if join and world > 1 and not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if use_cuda else "gloo")
     return Proc(rank, world, local, device)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 
-from gptpipe.artifacts import MODELS
-
 Z95 = 1.959964
 
 
@@ -71,10 +69,10 @@ CLOZE_DROP = 0.05        # val cloze accuracy may fall by 0.05
 QUANTIZED_BPB_RATIO = 1.05
 
 
-def table(items: dict[str, dict], start: dict[str, str], reward: tuple[float, int] | None = None) -> list[dict]:
+def table(items: dict[str, dict], start: dict[str, tuple[str, str]], reward: tuple[float, int] | None = None) -> list[dict]:
     """Every stage's effect (the reward model's last). `items` maps a model to its per-item results (evaluate's
-    "items": val windows, tasks hits, cloze hits); `start` maps each post-training model to the model it
-    started from (e.g. {"mid": "base", "sft": "mid", ..., "rl": "dpo", "quantized": "rl"}); `reward` is
+    "items": val windows, tasks hits, cloze hits); `start` maps each post-training model to the stage that
+    makes it and the model it started from (e.g. {"mid": ("midtrain", "base"), ..., "rl": ("rl", "dpo")}); `reward` is
     the reward model's held-out pairwise accuracy and n, compared with chance (0.5)."""
     val = {m: x["val"] for m, x in items.items()}
     tasks = {m: x["tasks"] for m, x in items.items() if x.get("tasks")}
@@ -82,10 +80,9 @@ def table(items: dict[str, dict], start: dict[str, str], reward: tuple[float, in
     rows = []
     if "base" in items and "unigram_val" in items["base"]:
         rows.append(bpb("pretrain", "unigram", "base", {**val, "unigram": items["base"]["unigram_val"]}))
-    for model, before in start.items():
+    for model, (stage, before) in start.items():
         if model not in items or before not in items:
             continue
-        stage = MODELS[model][1]
         if model in tasks and before in tasks:
             rows.append(accuracy(stage, "tasks/accuracy", before, model, tasks))
         ratio = QUANTIZED_BPB_RATIO if model == "quantized" else BPB_RATIO

@@ -10,11 +10,11 @@ from tqdm import tqdm
 
 from gptpipe import corpus as corpus_io
 from gptpipe import shards, tokenizer
-from gptpipe.config import Tokenizer
+from gptpipe.config import Params
 
 
-def run(t: Tokenizer, *, corpus: Path, tokenizer_dir: Path, tokens_dir: Path) -> dict:
-    t0 = time.perf_counter()
+def run(p: Params, proc, *, corpus: Path, tokenizer_dir: Path, tokens_dir: Path) -> dict:
+    t, t0 = p.tokenizer, time.perf_counter()
     enc = tokenizer.train(corpus_io.read_texts(corpus / "train.parquet", max_chars=t.train_chars), t.vocab_size)
     if enc.n_vocab != t.vocab_size:
         print(f"tokenize: the corpus supports only {enc.n_vocab} tokens, not tokenizer.vocab_size={t.vocab_size}")

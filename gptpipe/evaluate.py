@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from gptpipe import choice
-from gptpipe.config import Evaluate
-from gptpipe.model import load_adapter, load_pretrained
+from gptpipe.config import Evaluate, Params
+from gptpipe.dist import Proc
+from gptpipe.model import load_pretrained
 from gptpipe.shards import Shards
+from gptpipe.tasks import PAIRS
 
 
 def row(model: str, task: str, metric: str, value: float, n: int, stderr: float | None = None) -> dict:
@@ -152,14 +154,13 @@ def suite(e: Evaluate, tokens: Path, tokenizer_dir: Path, task_rows: list[dict],
                  task_rows, items)
 
 
-def evaluate_model(name: str, model_dir: Path, s: Suite, device, unigram: bool = False, base: Path | None = None) -> dict:
+def evaluate_model(name: str, model_dir: Path, s: Suite, device, unigram: bool = False) -> dict:
     """Eval rows and samples of one model: val bits-per-byte, held-out task accuracy (generated and
     multiple-choice), val cloze, free samples.
 
     With `unigram`, the unigram baseline's bits-per-byte on the same bytes comes along as its own row.
-    With `base`, `model_dir` is a LoRA adapter, scored applied to `base` as a PEFT user would load it.
     """
-    tok, model = load_adapter(model_dir, base) if base else load_pretrained(model_dir, dtype=torch.float32)
+    tok, model = load_pretrained(model_dir, dtype=torch.float32)
     bpb, nbytes, windows = bpb_model(model, s.val, s.token_bytes, s.e, device)
     rows = [row(name, "val", "bpb", bpb, nbytes)]
     items = {"val": windows}  # per item, in a fixed order: what paired comparisons between models read
@@ -204,3 +205,40 @@ def evaluate_reward(name: str, model_dir: Path, pairs: list[dict], e: Evaluate, 
     acc, n = pairwise_accuracy(model, tok, pairs, device, batch=e.batch_size)
     return {"model": name, "rows": [row(name, "prefs", "pairwise_accuracy", acc, n, math.sqrt(acc * (1 - acc) / n))],
             "samples": []}
+
+
+def run(p: Params, proc: Proc, *, tokens: Path, tokenizer: Path, tasks: Path, pairs: Path, out: Path, effects_json: Path,
+        models: dict[str, tuple[str, str | None]] | None = None) -> dict:
+    """The evaluate stage: every model of `models` (default: dvc.yaml's, gptpipe/artifacts.py) scored into
+    out/<model>.json, and what each stage did to its target metric into `effects_json`."""
+    from gptpipe import artifacts, effects
+    from gptpipe.io import read_jsonl, write_json
+
+    models = artifacts.models() if models is None else models
+    dirs = {m: artifacts.require(Path("models", m)) for m in models}
+    task_rows = read_jsonl(tasks / "eval.jsonl", ("task", "prompt", "answer"), made_by="tasks")
+    wrong = read_jsonl(tasks / "prefs_heldout.jsonl", PAIRS, made_by="tasks")
+    held_pairs = read_jsonl(pairs / "heldout.jsonl", PAIRS, made_by="pairs")
+    s = suite(p.evaluate, tokens, tokenizer, task_rows, wrong)
+    results = [evaluate_model(m, d, s, proc.device, unigram=m == "base") for m, d in dirs.items() if m != artifacts.REWARD]
+    reward = evaluate_reward(artifacts.REWARD, dirs[artifacts.REWARD], held_pairs, p.evaluate, proc.device)
+    start = {m: (stage, before) for m, (stage, before) in models.items() if before and m != artifacts.REWARD}
+    table = effects.table({r["model"]: r["items"] for r in results}, start,
+                          (reward["rows"][0]["value"], reward["rows"][0]["n"]))
+    for r in [*results, reward]:
+        write_json(out / f"{r['model']}.json", r)
+    write_json(effects_json, {"rows": table})
+    metrics = {f"{r['model']}_{r['task']}_{r['metric']}": round(r["value"], 5) for res in [*results, reward] for r in res["rows"]}
+    for m in (r["model"] for r in results):
+        print(f"evaluate: {m:<9} val bits/byte {metrics[f'{m}_val_bpb']:.4f}  held-out task accuracy "
+              f"{metrics[f'{m}_tasks_accuracy']:.3f}, multiple choice {metrics.get(f'{m}_tasks_mc_accuracy', 0):.3f}, "
+              f"val cloze {metrics.get(f'{m}_cloze_mc_accuracy', 0):.3f}")
+    scope = "the whole val split" if p.evaluate.tokens is None else f"the first {p.evaluate.tokens:,} val tokens"
+    print(f"evaluate: val bits/byte over {results[0]['rows'][0]['n']:,} bytes, {scope}")
+    print(f"evaluate: unigram val bits/byte {metrics['unigram_val_bpb']:.4f}; "
+          f"reward model held-out pairwise accuracy {metrics['reward_prefs_pairwise_accuracy']:.3f}")
+    for e in table:
+        ci = "" if e["ci_low"] is None else f" [{e['ci_low']:+.4f}, {e['ci_high']:+.4f}]"
+        print(f"evaluate: {e['stage']:<9} {e['metric']:<22} {e['before_model']} {e['before']:.4f} -> {e['after_model']} "
+              f"{e['after']:.4f}: {e['diff']:+.4f}{ci} (n={e['n']}) {effects.verdict(e)}")
+    return metrics

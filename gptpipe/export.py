@@ -16,13 +16,11 @@ import torch
 import yaml
 
 from gptpipe import gguf
+from gptpipe.config import Params
+from gptpipe.dist import Proc
 from gptpipe.model import load_pretrained
 from gptpipe.report.card import report_card
 from gptpipe.report.markdown import table
-
-RECIPE = ("data", "tasks", "tokenizer", "model", "pretrain", "midtrain", "sft", "lora", "reward", "pairs", "dpo", "rl",
-          "quantize")
-
 
 def chat(tok, model, messages: list[dict], new_tokens: int) -> str:
     """The greedy reply of a model to a conversation, as a user would get it."""
@@ -72,9 +70,9 @@ def check_gguf(path: Path, ftype: str, ref: dict) -> dict:
                       f"tokenization {'equal' if r['tokenization_equal'] else 'differs'}"}
 
 
-def files(root: Path) -> list[dict]:
-    """The model files under `root` (paths as seen from its parent), with their format and size."""
-    return [{"path": str(f.relative_to(root.parent)), "format": kind(f), "bytes": f.stat().st_size}
+def files(root: Path, shown_as: str = "export") -> list[dict]:
+    """The model files under `root` (paths as `shown_as/...`), with their format and size."""
+    return [{"path": str(shown_as / f.relative_to(root)), "format": kind(f), "bytes": f.stat().st_size}
             for f in sorted(root.rglob("*")) if f.is_file() and kind(f)]
 
 
@@ -86,9 +84,10 @@ def kind(f: Path) -> str | None:
     return None
 
 
-def model_card(name: str, evals: list[dict], quant: dict | None, checks: list[dict], params: dict,
+def model_card(name: str, evals: list[dict], quant: dict | None, checks: list[dict], recipe: dict,
                gguf_names: list[str]) -> str:
-    """export/README.md: what the model is, how good, how to run it, and how it was made."""
+    """export/README.md: what the model is, how good, how to run it, and how it was made (`recipe`: the params
+    sections of the stages it came from)."""
     header, rows = report_card(evals)
     q = ""
     if quant:
@@ -116,4 +115,40 @@ def model_card(name: str, evals: list[dict], quant: dict | None, checks: list[di
         'print(tok.decode(model.generate(**ids, max_new_tokens=16)[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))',
         "```", "", f"llama.cpp: `llama-cli -m gguf/{gguf_file} -cnv` (the chat template is in the file).", "",
         "## Training recipe (params.yaml)", "", "```yaml",
-        yaml.safe_dump({k: params[k] for k in RECIPE if k in params}, sort_keys=False).rstrip(), "```", ""])
+        yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", ""])
+
+
+def run(p: Params, proc: Proc, *, source: Path, evals: Path, quantize: Path, tasks: Path, out: Path, report: Path) -> dict:
+    """The export stage: `source` (export.model) as out/{hf,gguf,README.md}, each checked by a real client
+    (stock transformers chats like the source model; llama.cpp continues like transformers). A failed check
+    fails the stage, so the previous export stays; the checks and the files go to `report`."""
+    from gptpipe import artifacts
+    from gptpipe.config import read_yaml
+    from gptpipe.errors import UserError
+    from gptpipe.io import read_json, read_jsonl, write_json
+
+    rows = [r for f in sorted(evals.glob("*.json")) for r in read_json(f, made_by="evaluate")["rows"]]
+    quant = read_json(quantize, made_by="quantize")
+    question = read_jsonl(tasks / "eval.jsonl", ("prompt",), made_by="tasks")[0]["prompt"]
+    tok, model = load_pretrained(source, dtype=torch.float32)  # loaded once: the reference for every check
+    n = p.export.check_new_tokens
+    want = chat(tok, model, question, n)
+    ref = gguf.reference(tok, model, tok.apply_chat_template(question, add_generation_prompt=True, tokenize=False), n)
+    hf(tok, model, out / "hf")
+    checks = [check_hf(out / "hf", question, n, want)]
+    (out / "gguf").mkdir()
+    for ftype in p.export.gguf:
+        checks.append(check_gguf(gguf.write(source, out / "gguf" / f"model-{ftype}.gguf", ftype), ftype, ref))
+    params = read_yaml("params.yaml")
+    recipe = {k: params[k] for k in artifacts.params_of(f"models/{p.export.model}") if isinstance(params.get(k), dict)}
+    (out / "README.md").write_text(model_card(p.export.model, rows, quant, checks, recipe,
+                                              [f"model-{t}.gguf" for t in p.export.gguf]))
+    for c in checks:
+        print(f"export: {'ok  ' if c['passed'] else 'FAIL'} {c['artifact']}: {c['check']} ({c['detail']})")
+    failed = [c["artifact"] for c in checks if not c["passed"]]
+    if failed:
+        raise UserError(f"export checks failed for {', '.join(failed)}; see the lines above")
+    written = files(out)  # the paths as they will be once out is renamed into place
+    write_json(report, {"model": p.export.model, "files": written, "checks": checks})
+    return {"model": p.export.model, "checks_passed": len(checks), "checks": len(checks),
+            **{f"{f['format'].replace(' ', '_')}_bytes": f["bytes"] for f in written}}

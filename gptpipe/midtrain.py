@@ -24,7 +24,8 @@ def chat_stream(tok, conversations: list[dict]) -> np.ndarray:
 
 
 def run(p: Params, proc: Proc, *, base: Path, tokens: Path, conversations: Path, out: Path | None,
-        ckpt_root: Path) -> dict:
+        ckpt_root: Path = Path("checkpoints/midtrain")) -> dict:
+    """The midtrain stage: `base` trained on corpus text and chat, saved to `out` by rank 0; resumable."""
     t = p.midtrain
     tok, model = load_pretrained(base, dtype=torch.float32)
     corpus, val = Shards(tokens, "train"), Shards(tokens, "val")
@@ -53,4 +54,4 @@ def run(p: Params, proc: Proc, *, base: Path, tokens: Path, conversations: Path,
     metrics = loop.train(model, t, proc, run)
     if out is not None and proc.main:
         save(model, tok, out)
-    return {**metrics, "chat_tokens": int(len(chat)), "device": proc.label}
+    return {**metrics, "chat_tokens": int(len(chat))}

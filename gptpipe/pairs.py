@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from gptpipe.config import Pairs
+from gptpipe.artifacts import require
+from gptpipe.config import Pairs, Params
+from gptpipe.dist import Proc
 from gptpipe.evaluate import replies
 from gptpipe.tasks import assistant, check
 
@@ -53,21 +55,25 @@ def make(s: Pairs, model, tok, rows: list[dict], device) -> tuple[list[dict], di
 SPLITS = (("train", "rl"), ("heldout", "eval"))  # pairs file <- the tasks set whose prompts it samples
 
 
-def write(s: Pairs, tasks_dir: Path, policy: Path, out: Path, device) -> dict:
-    """out/{train,heldout}.jsonl and the stage's metrics: sampled from `policy` (source policy) or the tasks
-    stage's prefs_{train,heldout}.jsonl as they are (source tasks)."""
+def run(p: Params, proc: Proc, *, tasks: Path, policy: Path, out: Path) -> dict:
+    """The pairs stage: out/{train,heldout}.jsonl, sampled from `policy` (pairs.source policy) on the RL and the
+    held-out questions, or the tasks stage's prefs_{train,heldout}.jsonl as they are (source tasks)."""
     from gptpipe.io import read_jsonl
     from gptpipe.model import load_pretrained
 
+    s = p.pairs
+    sources = {name: tasks / (f"prefs_{name}.jsonl" if s.source == "tasks" else f"{src}.jsonl") for name, src in SPLITS}
+    for f in sources.values():
+        require(f)
     if s.source == "tasks":
-        for name, _ in SPLITS:
-            shutil.copy(tasks_dir / f"prefs_{name}.jsonl", out / f"{name}.jsonl")
+        for name, f in sources.items():
+            shutil.copy(f, out / f"{name}.jsonl")
         return {"source": "tasks"}
     tok, model = load_pretrained(policy, dtype=torch.float32)
     metrics = {"source": "policy"}
-    for name, src in SPLITS:
-        rows = read_jsonl(tasks_dir / f"{src}.jsonl", ("task", "prompt", "answer"), made_by="tasks")[:s.max_prompts]
-        made, seen = make(s, model, tok, rows, device)
+    for name, f in sources.items():
+        rows = read_jsonl(f, ("task", "prompt", "answer"), made_by="tasks")[:s.max_prompts]
+        made, seen = make(s, model, tok, rows, proc.device)
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in made))
         print(f"pairs: {name}: {len(made)} pairs from {len(rows)} prompts x (greedy + {s.samples} samples) "
               f"(greedy accuracy {seen['greedy_accuracy']:.3f}, sampled {seen['sample_accuracy']:.3f}; "

@@ -17,7 +17,8 @@ from gptpipe.shards import META, Shards
 
 
 def run(p: Params, proc: Proc, *, tokens: Path, tokenizer: Path, out: Path | None,
-        ckpt_root: Path) -> dict:
+        ckpt_root: Path = Path("checkpoints/pretrain")) -> dict:
+    """The pretrain stage: a fresh Llama trained on the token shards, saved to `out` by rank 0; resumable."""
     train_data, val_data = Shards(tokens, "train"), Shards(tokens, "val")
     tok = AutoTokenizer.from_pretrained(tokenizer)
     if len(tok) != train_data.vocab_size:
@@ -51,5 +52,4 @@ def run(p: Params, proc: Proc, *, tokens: Path, tokenizer: Path, out: Path | Non
     if out is not None and proc.main:
         save(model, tok, out)
     return {**metrics, "params": counts["total"], "params_non_embedding": counts["non_embedding"],
-            "chinchilla_tokens": chinchilla, "tokens_per_param": round(total_tokens / counts["total"], 2),
-            "device": proc.label}
+            "chinchilla_tokens": chinchilla, "tokens_per_param": round(total_tokens / counts["total"], 2)}

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from gptpipe.config import Quantize
+from gptpipe.config import Params, Quantize
+from gptpipe.dist import Proc
 from gptpipe.errors import UserError
 from gptpipe.model import load_pretrained
 
@@ -61,10 +62,12 @@ def tokens_per_s(model, tok, device: torch.device, new_tokens: int, repeats: int
     return new_tokens / best
 
 
-def run(q: Quantize, source: Path, out: Path, device: torch.device) -> dict:
-    """out = `source` quantized; returns sizes and generation speeds before and after."""
+def run(p: Params, proc: Proc, *, source: Path, out: Path) -> dict:
+    """The quantize stage: out = `source` (export.model) quantized; returns sizes and generation speeds before
+    and after (the quality cost is the evaluate stage's to measure: it scores "quantized" beside its source)."""
     from transformers import TorchAoConfig
 
+    q, device = p.quantize, proc.device
     scheme = config(q, device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tok, ref = load_pretrained(source, dtype=dtype)
@@ -76,5 +79,9 @@ def run(q: Quantize, source: Path, out: Path, device: torch.device) -> dict:
     after = tokens_per_s(model, tok, device, q.bench_tokens)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    return {"scheme": q.scheme, "bytes_before": weights_bytes(source), "bytes_after": weights_bytes(out),
-            "tokens_per_s_before": round(before, 1), "tokens_per_s_after": round(after, 1)}
+    m = {"model": p.export.model, "scheme": q.scheme, "bytes_before": weights_bytes(source),
+         "bytes_after": weights_bytes(out), "tokens_per_s_before": round(before, 1), "tokens_per_s_after": round(after, 1)}
+    print(f"quantize: {m['model']} -> {q.scheme}: {m['bytes_before'] / 1e6:.2f} -> {m['bytes_after'] / 1e6:.2f} MB "
+          f"({m['bytes_before'] / m['bytes_after']:.2f}x smaller); generation {before:.0f} -> {after:.0f} tokens/s "
+          f"on {proc.label}")
+    return m

@@ -48,6 +48,7 @@ what when whom wide wife wild will wind wine wing wire wise wish with wood word 
 zero zone""".split()
 
 Triple = tuple[str, str, str]  # question, answer, wrong answer
+PAIRS = ("prompt", "chosen", "rejected")  # the columns of a preference pair
 
 
 def compare(r: random.Random) -> Triple:
@@ -139,3 +140,4 @@ def build(names: list[str], n_train: int, n_heldout: int, heldout_fraction: floa
     for rows in sets.values():
         random.Random(seed).shuffle(rows)
     return sets
+

@@ -2,7 +2,8 @@
 from gptpipe.errors import user_errors
 
 with user_errors("dpo"):
+    from gptpipe import stage
     from gptpipe.post import dpo
-    from gptpipe.post.stage import run
 
-    run("dpo", dpo.train, policy=("models/sft", "sft"), pairs=("data/pairs/train.jsonl", "pairs"))
+    stage.run("dpo", dpo.train, launcher="accelerate", policy="models/sft", pairs="data/pairs/train.jsonl",
+              out="models/dpo")

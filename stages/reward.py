@@ -2,7 +2,8 @@
 from gptpipe.errors import user_errors
 
 with user_errors("reward"):
+    from gptpipe import stage
     from gptpipe.post import reward
-    from gptpipe.post.stage import run
 
-    run("reward", reward.train, policy=("models/sft", "sft"), pairs=("data/pairs/train.jsonl", "pairs"))
+    stage.run("reward", reward.train, launcher="accelerate", policy="models/sft", pairs="data/pairs/train.jsonl",
+              out="models/reward")

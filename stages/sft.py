@@ -2,8 +2,8 @@
 from gptpipe.errors import user_errors
 
 with user_errors("sft"):
+    from gptpipe import stage
     from gptpipe.post import sft
-    from gptpipe.post.stage import run
 
-    run("sft", sft.train, policy=("models/mid", "midtrain"), conversations=("data/raw/tasks/sft.jsonl", "tasks"),
-        tokens=("data/tokens", "tokenize"))
+    stage.run("sft", sft.train, launcher="accelerate", policy="models/mid", conversations="data/raw/tasks/sft.jsonl",
+              tokens="data/tokens", out="models/sft")

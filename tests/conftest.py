@@ -64,7 +64,7 @@ def micro_data(tmp_path_factory):
     for d in dirs.values():
         d.mkdir()
     corpus.build(p.data, dirs["corpus"])
-    encode.run(p.tokenizer, corpus=dirs["corpus"], tokenizer_dir=dirs["tokenizer"], tokens_dir=dirs["tokens"])
+    encode.run(p, None, corpus=dirs["corpus"], tokenizer_dir=dirs["tokenizer"], tokens_dir=dirs["tokens"])
     return p, dirs
 
 

@@ -15,6 +15,9 @@ INFRA = {
     "gptpipe/__init__.py": "quiets library loggers",
     "gptpipe/errors.py": "the one-line error and interrupt handling",
     "gptpipe/io.py": "atomic writes and JSON reading; the bytes a stage writes come from its own modules",
+    "gptpipe/stage.py": "the stage runner: inputs checked, launcher, atomic outputs, metrics; the work is the stage's",
+    "gptpipe/artifacts.py": "reads dvc.yaml itself: where each path is and which stage makes it, not what is in it",
+    "gptpipe/dist.py": "which device and how many processes; the device is a param each stage lists (device.*)",
 }
 
 
@@ -80,3 +83,17 @@ def test_every_stage_depends_on_the_modules_it_runs():
 def test_the_closure_follows_imports_through_modules():
     assert {"gptpipe/tasks.py", "gptpipe/chat_data.py"} <= closure(REPO / "stages/tasks.py")
     assert "gptpipe/corpus.py" in closure(REPO / "stages/tokenize.py"), "tokenize -> encode -> corpus"
+
+
+def test_no_stage_depends_on_code_it_does_not_run():
+    """A stale code dep reruns a stage for nothing, and one that no longer exists stops `dvc repro`."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stale = {}
+    for name, stage in stages.items():
+        runs = closure(REPO / f"stages/{name}.py") | {f"stages/{name}.py"}
+        code = [d for d in stage["deps"] if d.startswith(("gptpipe/", "flows/", "stages/"))]
+        extra = [d for d in code if not any(covered(m, [d]) for m in runs)]
+        if extra:
+            stale[name] = extra
+    assert not stale, "dvc.yaml: remove the code deps a stage does not run: " + "; ".join(
+        f"{name}: {', '.join(extra)}" for name, extra in stale.items())

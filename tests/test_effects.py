@@ -57,7 +57,8 @@ def test_table_covers_every_stage():
              [("base", 9, 0, 6), ("mid", 10, 2, 6), ("sft", 11, 6, 6), ("lora", 11, 6, 6), ("dpo", 11, 8, 6),
               ("rl", 11, 9, 6), ("quantized", 11, 9, 6)]}
     items["base"]["unigram_val"] = val(30)
-    start = {"mid": "base", "sft": "mid", "lora": "sft", "dpo": "sft", "rl": "dpo", "quantized": "rl"}
+    start = {"mid": ("midtrain", "base"), "sft": ("sft", "mid"), "lora": ("lora", "sft"), "dpo": ("dpo", "sft"),
+             "rl": ("rl", "dpo"), "quantized": ("quantize", "rl")}
     rows = effects.table(items, start, reward=(0.8, 100))
     got = {(r["stage"], r["metric"]): r for r in rows}
     assert ("pretrain", "val/bpb") in got and got["pretrain", "val/bpb"]["before_model"] == "unigram"

@@ -5,6 +5,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gptpipe import pairs, tasks
 from gptpipe.config import Pairs
+from gptpipe.dist import Proc
 from gptpipe.evaluate import replies
 
 
@@ -45,13 +46,14 @@ def test_make_is_seeded_and_checker_labeled(tiny_model):
     assert [p["rejected"] for p in other] != [p["rejected"] for p in made]
 
 
-def test_source_tasks_keeps_the_tasks_pairs(tmp_path):
+def test_source_tasks_keeps_the_tasks_pairs(micro_data, tmp_path):
     """pairs.source: tasks (e.g. a preference dataset loaded by the tasks stage): the pairs as they are."""
     src, out = tmp_path / "tasks", tmp_path / "out"
     src.mkdir(), out.mkdir()
     for name in ("train", "heldout"):
         (src / f"prefs_{name}.jsonl").write_text(f'{{"split": "{name}"}}\n')
     s = Pairs(source="tasks", samples=4, max_prompts=None, temperature=1.0, max_new_tokens=4, batch_size=5, seed=0)
-    assert pairs.write(s, src, None, out, "cpu") == {"source": "tasks"}
+    proc = Proc(0, 1, 0, torch.device("cpu"))
+    assert pairs.run(micro_data[0].model_copy(update={"pairs": s}), proc, tasks=src, policy=None, out=out) == {"source": "tasks"}
     assert [(out / f"{n}.jsonl").read_text() for n in ("train", "heldout")] == ['{"split": "train"}\n',
                                                                               '{"split": "heldout"}\n']

@@ -11,10 +11,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from gptpipe import dist, evaluate, midtrain, tasks
 from gptpipe.config import Device
+from gptpipe.dist import Proc
 from gptpipe.io import read_jsonl
 from gptpipe.model import llama_config, save
 from gptpipe.post import sft
 
+PROC = Proc(0, 1, 0, torch.device("cpu"))
 CPU = Device(type="cpu", threads=None, peak_flops=1e11)
 
 
@@ -80,7 +82,7 @@ def test_sft_learns_and_is_scored_by_exact_match(micro_data, base, chat, tmp_pat
     p, dirs = micro_data
     monkeypatch.chdir(tmp_path)
     s = p.sft.model_copy(update={"epochs": 30, "lr": 0.01, "batch_size": 8, "text_fraction": 0.0})
-    m = sft.train(s, p.wandb, policy=base, conversations=chat / "sft.jsonl", tokens=dirs["tokens"], out=tmp_path / "sft")
+    m = sft.train(p.model_copy(update={"sft": s}), PROC, policy=base, conversations=chat / "sft.jsonl", tokens=dirs["tokens"], out=tmp_path / "sft")
     assert m["train_loss"] < 3 and (tmp_path / "plots/sft.csv").exists()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
     tok = AutoTokenizer.from_pretrained(tmp_path / "sft")
@@ -107,10 +109,11 @@ def test_lora_saves_an_adapter_peft_reloads_and_a_merged_model(micro_data, base,
     from gptpipe.post import lora
 
     p, dirs = micro_data
-    m = lora.train(p.lora, p.wandb, policy=base, conversations=chat / "sft.jsonl", tokens=dirs["tokens"], out=cwd / "lora")
+    m = lora.train(p, PROC, policy=base, conversations=chat / "sft.jsonl", tokens=dirs["tokens"], out=cwd / "lora",
+                  adapter=cwd / "adapter")
     assert 0 < m["trainable_params"] < m["total_params"] and m["trainable_fraction"] < 0.2
-    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), cwd / "lora/adapter")
-    merged = AutoModelForCausalLM.from_pretrained(cwd / "lora/merged")
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), cwd / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(cwd / "lora")
     ids = torch.tensor([[1, 2, 3, 4]])
     torch.testing.assert_close(adapted(ids).logits, merged(ids).logits, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(AutoModelForCausalLM.from_pretrained(base)(ids).logits, merged(ids).logits)
@@ -126,7 +129,7 @@ def test_reward_model_learns_to_rank_the_pairs(micro_data, base, chat, cwd):
     tok, untrained = reward.load(base, fresh_head=True)
     before, n = evaluate.pairwise_accuracy(untrained, tok, pairs, "cpu")
     s = p.reward.model_copy(update={"epochs": 20, "lr": 0.005, "batch_size": 8})
-    m = reward.train(s, p.wandb, policy=base, pairs=chat / "prefs_train.jsonl", out=cwd / "rm")
+    m = reward.train(p.model_copy(update={"reward": s}), PROC, policy=base, pairs=chat / "prefs_train.jsonl", out=cwd / "rm")
     assert type(AutoModelForSequenceClassification.from_pretrained(cwd / "rm")).__name__ == "LlamaForSequenceClassification"
     after, _ = evaluate.pairwise_accuracy(*reversed(reward.load(cwd / "rm")), pairs, "cpu")
     assert n == len(pairs) and after >= 0.8 > before and m["steps"] > 0
@@ -151,7 +154,7 @@ def test_dpo_moves_probability_towards_the_chosen_replies(micro_data, base, chat
         return total / 20
 
     s = p.dpo.model_copy(update={"epochs": 5, "lr": 0.005, "batch_size": 8})
-    m = dpo.train(s, p.wandb, policy=base, pairs=chat / "prefs_train.jsonl", out=cwd / "dpo")
+    m = dpo.train(p.model_copy(update={"dpo": s}), PROC, policy=base, pairs=chat / "prefs_train.jsonl", out=cwd / "dpo")
     assert margin(cwd / "dpo") > margin(base) + 1 and m["reward_accuracy"] is not None
 
 
@@ -173,7 +176,7 @@ def test_rl_trains_with_reward_model_and_checker_and_logs_kl_and_clipping(micro_
         part.save_pretrained(rm)
     both = p.rl.reward_weights.model_copy(update={"model": 1.0, "checker": 1.0})  # the default leaves the model out
     s = p.rl.model_copy(update={"algorithm": algorithm, "epochs": 0.5, "reward_weights": both})  # 5 steps: one logged
-    m = rl.train(s, p.wandb, policy=base, reward_model=rm, prompts=chat / "rl.jsonl", out=cwd / "rl")
+    m = rl.train(p.model_copy(update={"rl": s}), PROC, policy=base, reward_model=rm, prompts=chat / "rl.jsonl", out=cwd / "rl")
     assert m["algorithm"] == algorithm and m["steps"] > 0 and m["kl_last"] is not None
     assert m["reward_last"] is not None and (m["clip_ratio_last"] is not None or algorithm == "rloo")
     assert "reward" in (cwd / "plots/rl.csv").read_text().splitlines()[0]
@@ -245,7 +248,9 @@ def test_a_crashed_trl_stage_resumes_and_ends_like_an_uninterrupted_run(micro_da
     s = getattr(p, stage).model_copy(update={"ckpt_every": 2, "epochs": 0.5 if stage == "rl" else 3})
     inputs = {"lora": dict(conversations=chat / "sft.jsonl", tokens=micro_data[1]["tokens"]), "reward": dict(pairs=chat / "prefs_train.jsonl"),
               "dpo": dict(pairs=chat / "prefs_train.jsonl"), "rl": dict(reward_model=rm, prompts=chat / "rl.jsonl")}
-    train = lambda out: module.train(s, p.wandb, policy=base, out=cwd / out, **inputs[stage])
+    extra = lambda out: {"adapter": cwd / f"{out}-adapter"} if stage == "lora" else {}
+    train = lambda out: module.train(p.model_copy(update={stage: s}), PROC, policy=base, out=cwd / out,
+                                     **inputs[stage], **extra(out))
     ref = train("ref")
     shutil.rmtree(cwd / "checkpoints")
 

@@ -6,6 +6,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from gptpipe import quantize
+from gptpipe.dist import Proc
 from gptpipe.errors import UserError
 
 
@@ -17,7 +18,7 @@ def model_dir(micro_data, tiny_model):
 def test_int8_shrinks_reloads_without_pickle_and_stays_close(model_dir, tmp_path):
     p, src = model_dir
     q = p.quantize.model_copy(update={"bench_tokens": 4})
-    m = quantize.run(q, src, tmp_path, torch.device("cpu"))
+    m = quantize.run(p.model_copy(update={"quantize": q}), Proc(0, 1, 0, torch.device("cpu")), source=src, out=tmp_path)
     assert m["bytes_after"] < 0.8 * m["bytes_before"]
     assert m["tokens_per_s_before"] > 0 and m["tokens_per_s_after"] > 0
     assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt")), "weights only as safetensors"

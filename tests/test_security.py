@@ -159,8 +159,9 @@ def test_malicious_checkpoint_is_refused_where_a_trl_stage_resumes(micro_data, t
     monkeypatch.chdir(tmp_path)
     chat = tmp_path / "sft.jsonl"
     chat.write_text("".join(json.dumps(r) + "\n" for r in tasks.build(["copy"], 40, 10, 0.2, 0.0, seed=0)["sft"]))
-    s = p.sft.model_copy(update={"ckpt_every": 2})
-    sft.train(s, p.wandb, policy=tiny_model, conversations=chat, tokens=micro_data[1]["tokens"], out=tmp_path / "sft")  # the stage would delete its checkpoints
+    p = p.model_copy(update={"sft": p.sft.model_copy(update={"ckpt_every": 2})})
+    proc = dist.Proc(0, 1, 0, torch.device("cpu"))
+    sft.train(p, proc, policy=tiny_model, conversations=chat, tokens=micro_data[1]["tokens"], out=tmp_path / "sft")  # the stage would delete its checkpoints
     (run,) = (tmp_path / "checkpoints/sft").iterdir()
     step = common.last_checkpoint(run).relative_to(tmp_path)
     shutil.copytree(step, tmp_path / "clean")
@@ -170,7 +171,7 @@ def test_malicious_checkpoint_is_refused_where_a_trl_stage_resumes(micro_data, t
         torch.save({"python": Payload(marker), "state": {}, "param_groups": []}, step / name)
         with pytest.raises(UserError, match=rf"{step}: unusable checkpoint \(UnpicklingError: .*\); delete {step} "
                                             "to train this stage from the start"):
-            sft.train(s, p.wandb, policy=tiny_model, conversations=chat, tokens=micro_data[1]["tokens"], out=tmp_path / "sft")
+            sft.train(p, proc, policy=tiny_model, conversations=chat, tokens=micro_data[1]["tokens"], out=tmp_path / "sft")
         assert not marker.exists(), name
 
 

@@ -3,6 +3,7 @@ from local `datasets` files (tasks.source: hf), with bad data refused."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -194,6 +195,7 @@ def test_stage_writes_hf_sets_and_writes_nothing_on_bad_data(hf_files, tmp_path)
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "params.yaml").write_text(yaml.safe_dump(raw))
+    shutil.copy(REPO / "dvc.yaml", ws)  # the runner reads which paths are the stage's outputs from it
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = subprocess.run([sys.executable, "-m", "stages.tasks"], cwd=ws, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

@@ -19,7 +19,6 @@ from gptpipe.errors import UserError, cause
 from gptpipe.io import read_jsonl, write_plot
 from gptpipe.model import load_pretrained
 
-PAIRS = ("prompt", "chosen", "rejected")  # the columns of the tasks stage's preference pairs
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")  # the trainer's dir for its state after N optimizer steps
 
 

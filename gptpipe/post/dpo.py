@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptpipe.config import DPO, Wandb
-from gptpipe.post.common import PAIRS, dataset, fit, load_policy, logged, save, trainer_args
+from gptpipe.config import Params
+from gptpipe.post.common import dataset, fit, load_policy, logged, save, trainer_args
+from gptpipe.tasks import PAIRS
 
 
-def train(s: DPO, wb: Wandb, *, policy: Path, pairs: Path, out: Path) -> dict:
+def train(p: Params, proc, *, policy: Path, pairs: Path, out: Path) -> dict:
+    """The dpo stage: models/sft -> models/dpo on the preference pairs, sft as the reference."""
     from trl import DPOConfig, DPOTrainer
 
+    s, wb = p.dpo, p.wandb
     tok, model = load_policy(policy)
     losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, s.sft_weight]} if s.sft_weight else {}
     cfg = DPOConfig(**trainer_args(s, wb, "dpo", policy, pairs), beta=s.beta, max_length=s.max_length, **losses)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from gptpipe.config import Reward, Wandb
+from gptpipe.config import Params
 from gptpipe.model import load_pretrained
-from gptpipe.post.common import PAIRS, dataset, fit, logged, save, trainer_args
+from gptpipe.post.common import dataset, fit, logged, save, trainer_args
+from gptpipe.tasks import PAIRS
 
 
 def load(path: Path, fresh_head: bool = False):
@@ -26,9 +27,11 @@ def load(path: Path, fresh_head: bool = False):
     return tok, model
 
 
-def train(s: Reward, wb: Wandb, *, policy: Path, pairs: Path, out: Path) -> dict:
+def train(p: Params, proc, *, policy: Path, pairs: Path, out: Path) -> dict:
+    """The reward stage: models/sft plus a scalar head, trained on the preference pairs."""
     from trl import RewardConfig, RewardTrainer
 
+    s, wb = p.reward, p.wandb
     torch.manual_seed(s.seed)  # the new score head's init: the same seed makes the same reward model
     tok, model = load(policy, fresh_head=True)
     cfg = RewardConfig(**trainer_args(s, wb, "reward", policy, pairs), max_length=s.max_length)

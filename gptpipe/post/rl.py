@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptpipe import tasks
-from gptpipe.config import RL, Wandb
+from gptpipe.config import Params
 from gptpipe.post import reward
 from gptpipe.post.common import dataset, fit, load_policy, logged, save, trainer_args
 
@@ -22,9 +22,11 @@ def checker(completions, answer, **_) -> list[float]:
     return [float(tasks.check(t, a)) for t, a in zip(texts, answer)]
 
 
-def train(s: RL, wb: Wandb, *, policy: Path, reward_model: Path, prompts: Path, out: Path) -> dict:
+def train(p: Params, proc, *, policy: Path, reward_model: Path, prompts: Path, out: Path) -> dict:
+    """The rl stage: models/<rl.start> -> models/rl, rewarded by the checker and/or the reward model."""
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
+    s, wb = p.rl, p.wandb
     Config, Trainer = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[s.algorithm]
     funcs, classes, weights = [], [], []
     if s.reward_weights.model:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptpipe.config import SFT, Wandb
+from gptpipe.config import SFT, Params, Wandb
 from gptpipe.io import read_jsonl
 from gptpipe.post.common import fit, load_policy, logged, save, trainer_args
 from gptpipe.shards import Shards
@@ -47,8 +47,9 @@ def make_trainer(s: SFT, wb: Wandb, *, policy: Path, conversations: Path, tokens
                       processing_class=tok, peft_config=peft_config)
 
 
-def train(s: SFT, wb: Wandb, *, policy: Path, conversations: Path, tokens: Path, out: Path) -> dict:
-    trainer = make_trainer(s, wb, policy=policy, conversations=conversations, tokens=tokens)
+def train(p: Params, proc, *, policy: Path, conversations: Path, tokens: Path, out: Path) -> dict:
+    """The sft stage: models/mid -> models/sft on the task conversations, loss on the replies, plus corpus text."""
+    trainer = make_trainer(p.sft, p.wandb, policy=policy, conversations=conversations, tokens=tokens)
     metrics = fit(trainer, "sft")
     save(trainer, out)
     tokens_seen = logged(trainer, "num_tokens") or 0

@@ -5,12 +5,24 @@ any two of). A cell that shows a regression is a `Bad` string, so each page can 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from gptpipe import artifacts
 from gptpipe.effects import verdict
 
-MODEL_ORDER = ["unigram", "base", "mid", "sft", "lora", "reward", "dpo", "rl", "quantized"]
-STAGE_ORDER = ["download", "tasks", "tokenize", "pretrain", "midtrain", "sft", "lora", "pairs", "reward", "dpo",
-               "rl", "quantize", "evaluate", "export", "report"]
+
+
+def pipeline() -> Path:
+    """Where the stage order comes from: this workspace's dvc.yaml, or this checkout's for a page rendered elsewhere."""
+    return Path(".") if Path("dvc.yaml").exists() else Path(__file__).resolve().parents[2]
+
+
+def stage_order() -> list[str]:
+    return artifacts.stages(pipeline())
+
+
+def model_order() -> list[str]:
+    return ["unigram", *artifacts.models(pipeline())]
 
 
 class Bad(str):
@@ -32,7 +44,7 @@ def fmt(v) -> str:
 
 
 def models_of(evals: list[dict]) -> list[str]:
-    return in_order((e["model"] for e in evals), MODEL_ORDER)
+    return in_order((e["model"] for e in evals), model_order())
 
 
 def regressions(evals: list[dict]) -> set[tuple[str, str, str]]:
@@ -74,7 +86,7 @@ def interval(diff, low, high) -> str:
 
 def effect_table(effects: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Each stage's model against the one it started from, per metric, in pipeline order; regressions are Bad."""
-    order = {s: i for i, s in enumerate(in_order((e["stage"] for e in effects), STAGE_ORDER))}
+    order = {s: i for i, s in enumerate(in_order((e["stage"] for e in effects), stage_order()))}
     rows = []
     for e in sorted(effects, key=lambda e: order[e["stage"]]):
         row = [e["stage"], e["metric"], f"{e['before_model']}: {fmt(e['before'])}",
@@ -85,7 +97,7 @@ def effect_table(effects: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def stage_table(stages: list[dict]) -> tuple[list[str], list[list[str]]]:
     by_name = {s["stage"]: s for s in stages}
-    stages = [by_name[n] for n in in_order(by_name, STAGE_ORDER)]
+    stages = [by_name[n] for n in in_order(by_name, stage_order())]
     rows = [[s["stage"], fmt(s["elapsed_s"]), fmt(s["device"]),
              f"{s['tokens_per_s']:,.0f}" if s["tokens_per_s"] else "–",
              f"{100 * s['mfu']:.1f}%" if s["mfu"] else "–"] for s in stages]

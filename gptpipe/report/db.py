@@ -245,3 +245,15 @@ def load(db_path: str | Path) -> dict:
     finally:
         con.close()
     return {"runs": runs, "latest": latest, "previous": previous}
+
+
+def run(p, proc, *, html_page: Path, markdown_page: Path, db_path: Path = Path("reports/gptpipe.duckdb")) -> dict:
+    """The report stage: this run into the database, then both pages from every run in it."""
+    from gptpipe.report import html, markdown
+
+    run_id = record_run(db_path, title=p.report.title)
+    data = load(db_path)
+    html_page.write_text(html.render(data))
+    markdown_page.write_text(markdown.render(data))
+    print(f"report: run {run_id} ({len(data['runs'])} in {db_path}) -> reports/index.html, reports/report.md")
+    return {"run_id": run_id}

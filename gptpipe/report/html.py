@@ -14,9 +14,9 @@ import hashlib
 import json
 from html import escape
 
-from gptpipe.report.card import (STAGE_ORDER, Bad, effect_table, eval_deltas, export_checks, export_files, history,
+from gptpipe.report.card import (Bad, effect_table, eval_deltas, export_checks, export_files, history,
                                  history_table, in_order, params_diff, quantization_table, report_card, scored,
-                                 stage_table)
+                                 stage_order, stage_table)
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -102,7 +102,7 @@ def loss_chart(curves: list[dict]) -> str:
     series = {}
     for c in curves:
         series.setdefault(c["stage"], {}).setdefault(c["name"], []).append((c["step"], c["value"]))
-    panels = [loss_panel(st, series[st]) for st in in_order(series, STAGE_ORDER)
+    panels = [loss_panel(st, series[st]) for st in in_order(series, stage_order())
               if "loss" in series[st] or "val_loss" in series[st]]
     if not panels:
         return '<p class="muted">No training curves in this run.</p>'

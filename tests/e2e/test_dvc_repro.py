@@ -7,11 +7,10 @@ import sys
 import pytest
 import yaml
 
-from conftest import make_workspace, sh
+from conftest import REPO, make_workspace, sh
 
 pytestmark = pytest.mark.e2e
-ALL = ["download", "tasks", "tokenize", "pretrain", "midtrain", "sft", "lora", "pairs", "reward", "dpo", "rl", "quantize",
-       "evaluate", "export", "report"]
+ALL = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])  # every stage, in run order
 
 
 def ran(out: str) -> list[str]:
@@ -44,7 +43,7 @@ def test_repro_builds_everything(built):
     assert sorted(stages) == sorted(ALL) and stages[-1] == "report"
     for path in ["data/raw/corpus/train.parquet", "data/tokenizer/tokenizer.json", "data/tokens/meta.json", "data/raw/tasks/sft.jsonl",
                  "models/base/model.safetensors", "models/base/config.json", "models/mid/model.safetensors",
-                 "models/sft/model.safetensors", "models/lora/adapter/adapter_config.json", "models/lora/merged/config.json",
+                 "models/sft/model.safetensors", "adapters/lora/adapter_config.json", "models/lora/config.json",
                  "models/reward/model.safetensors", "models/dpo/model.safetensors", "models/rl/model.safetensors",
                  "models/quantized/model.safetensors", "reports/eval/quantized.json", "reports/export.json",
                  "export/hf/model.safetensors", "export/hf/tokenizer.json", "export/gguf/model-f32.gguf", "export/README.md",
@@ -74,9 +73,9 @@ def test_model_beats_unigram_and_loads_with_stock_classes(built):
     assert "LlamaForCausalLM" in sh([sys.executable, "-c", code], ws).stdout
     code = ("from transformers import AutoModelForCausalLM as C, AutoModelForSequenceClassification as S;"
             "from peft import PeftModel;"
-            "print([type(C.from_pretrained(f'models/{m}')).__name__ for m in ('mid', 'sft', 'lora/merged', 'dpo', 'rl')],"
+            "print([type(C.from_pretrained(f'models/{m}')).__name__ for m in ('mid', 'sft', 'lora', 'dpo', 'rl')],"
             "type(S.from_pretrained('models/reward')).__name__,"
-            "type(PeftModel.from_pretrained(C.from_pretrained('models/sft'), 'models/lora/adapter')).__name__)")
+            "type(PeftModel.from_pretrained(C.from_pretrained('models/sft'), 'adapters/lora')).__name__)")
     out = sh([sys.executable, "-c", code], ws).stdout
     assert out.count("LlamaForCausalLM") == 5 and "LlamaForSequenceClassification" in out and "PeftModelForCausalLM" in out
     assert 0 <= m["reward_prefs_pairwise_accuracy"] <= 1 and "rl_tasks_accuracy" in m

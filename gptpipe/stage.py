@@ -1,0 +1,63 @@
+"""The one way a stage runs: `python -m stages.X` is `run("X", module.run, **paths)`.
+
+The runner loads params; checks each input path exists (else names the stage that makes it) before any
+work; relaunches under torchrun (our loop) or `accelerate launch` (the TRL stages) when the stage's `nproc`
+asks for processes; hands each output path a temporary sibling that replaces it only if the work succeeds
+(rank 0 only: other ranks write to a throwaway folder); writes metrics/<stage>.json with `elapsed_s` and
+`device`; then deletes checkpoints/<stage>, which only serve a rerun of a killed run.
+
+Which paths are outputs is dvc.yaml's to say (gptpipe/artifacts.py): a path argument that is one of the
+stage's outs is written, any other is read. `${section.key}` in a path is filled from params, as in dvc.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Literal
+
+from gptpipe import artifacts, dist
+from gptpipe.config import load_params
+from gptpipe.io import atomic_dir, replacing, write_metrics
+
+
+def run(stage: str, work: Callable[..., dict], *, launcher: Literal["torchrun", "accelerate"] | None = None,
+        **paths: str) -> None:
+    """metrics/<stage>.json = work(params, proc, **{name: path}), outputs written atomically."""
+    p = load_params()
+    outs = set(artifacts.graph()[stage]["outs"])
+    paths = {name: artifacts.resolve(path) for name, path in paths.items()}
+    inputs = {name: artifacts.require(path) for name, path in paths.items() if path not in outs}
+    if launcher == "accelerate":
+        cuda = dist.wants_cuda(p.device)
+        if not cuda:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first looks for a GPU: TRL follows torch
+        # transformers' wandb callback writes ./wandb unless told: its runs go to logs/wandb, beside pretrain's
+        os.makedirs("logs", exist_ok=True)
+        os.environ.setdefault("WANDB_DIR", os.path.abspath("logs"))
+        os.environ.setdefault("WANDB_PROJECT", p.wandb.project)
+    if launcher:
+        dist.relaunch(getattr(p, stage).nproc, accelerate=launcher == "accelerate", bf16=launcher == "accelerate" and cuda)
+    proc = dist.setup(p.device, join=launcher != "accelerate")  # a trainer joins the process group it sets up
+    t0 = time.perf_counter()
+    with ExitStack() as stack:
+        if proc.main:
+            written = {name: stack.enter_context((replacing if Path(path).suffix else atomic_dir)(path))
+                       for name, path in paths.items() if path in outs}
+        else:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            written = {name: scratch / Path(path).name for name, path in paths.items() if path in outs}
+            for w in written.values():
+                if not w.suffix:
+                    w.mkdir()
+        metrics = work(p, proc, **inputs, **written)
+    if proc.main:
+        if f"metrics/{stage}.json" in artifacts.graph()[stage]["metrics"]:
+            write_metrics(stage, {**metrics, "elapsed_s": round(time.perf_counter() - t0, 2), "device": proc.label})
+        shutil.rmtree(Path("checkpoints", stage), ignore_errors=True)
+    dist.teardown(proc)
