@@ -3,8 +3,9 @@ looking at the held-out set.
 
     python bench/compare.py models/sft models/dpo [--rows data/raw/tasks/rl.jsonl --skip 4000]
 
-The default rows are the last 1,000 RL prompts: training-side questions that SFT never saw and that pairs
-(its first `pairs.max_prompts`) does not use, so choices made here are not fitted to the held-out card.
+The default rows are the last 1,000 RL prompts: training-side questions SFT never saw. Keep pairs and RL off
+them while tuning (`pairs.max_prompts: 4000`; RL samples from every row of rl.jsonl, so train it on a copy
+cut to the first 4,000), and the choices made here are not fitted to the held-out card.
 Prints each model's accuracy per task and each model's paired difference from the first, with a 95% interval.
 """
 

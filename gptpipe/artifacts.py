@@ -91,6 +91,15 @@ def models(root: str | Path = ".") -> dict[str, tuple[str, str | None]]:
     return out
 
 
+def chat_models(root: str | Path = ".") -> list[str]:
+    """The models that descend from sft, which made them chat models; quantized is export.model's own copy."""
+    found = ["sft"]
+    for name, (_, start) in models(root).items():
+        if start in found and name not in (REWARD, "quantized"):
+            found.append(name)
+    return found
+
+
 def params_of(path: str | Path, root: str | Path = ".") -> list[str]:
     """The params sections read by the stage that makes `path` and by every stage upstream of it, in run order:
     the recipe of a model."""

@@ -6,7 +6,6 @@ quantity whose `null` means "follow the rule" (e.g. model.width from model.depth
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -306,9 +305,6 @@ class Evaluate(Section):
     cloze_continuation: int = Field(ge=1)    # ... and of each candidate continuation
 
 
-FINAL_MODELS = Literal["sft", "lora", "dpo", "rl"]
-
-
 class Quantize(Section):
     scheme: Literal["int8", "int4"]          # torchao weight-only; int4 needs CUDA
     group_size: int = Field(ge=16)           # int4 only: weights per scale
@@ -316,7 +312,7 @@ class Quantize(Section):
 
 
 class Export(Section):
-    model: FINAL_MODELS                      # the final chat model: quantized and exported
+    model: str                               # the final chat model, quantized and exported: a chat model of dvc.yaml
     gguf: list[Literal["f32", "f16", "q8_0"]] = Field(min_length=1)
     check_new_tokens: int = Field(ge=1)      # greedy tokens compared between llama.cpp and transformers
 
@@ -359,6 +355,17 @@ class Params(Section):
     flow: Flow
     # The one default kept in code: params.yaml files written before it existed stay valid, and safe.
     allow_outside_paths: bool = False
+
+    @model_validator(mode="after")
+    def _final_model(self):
+        if Path("dvc.yaml").exists():  # in a workspace: a model some stage makes (gptpipe/artifacts.py)
+            from gptpipe import artifacts
+
+            chat = artifacts.chat_models()
+            if self.export.model not in chat:
+                raise ValueError(f"export.model: {self.export.model!r} is not a chat model of dvc.yaml; "
+                                 f"choose one of {', '.join(chat)}")
+        return self
 
     @model_validator(mode="after")
     def _confined(self):

@@ -208,13 +208,17 @@ def evaluate_reward(name: str, model_dir: Path, pairs: list[dict], e: Evaluate, 
 
 
 def run(p: Params, proc: Proc, *, tokens: Path, tokenizer: Path, tasks: Path, pairs: Path, out: Path, effects_json: Path,
-        models: dict[str, tuple[str, str | None]] | None = None) -> dict:
-    """The evaluate stage: every model of `models` (default: dvc.yaml's, gptpipe/artifacts.py) scored into
-    out/<model>.json, and what each stage did to its target metric into `effects_json`."""
+        scores: Path, models: dict[str, tuple[str, str | None]] | None = None) -> dict:
+    """The evaluate stage: every model of `models` (default: the models it depends on in dvc.yaml, with the stage
+    that makes each and the model it starts from: gptpipe/artifacts.py) scored into out/<model>.json, and what
+    each stage did to its target metric into `effects_json`. `scores`/<model>.json holds each model's
+    headline numbers, one small table in `dvc metrics show metrics/eval`."""
     from gptpipe import artifacts, effects
     from gptpipe.io import read_jsonl, write_json
 
-    models = artifacts.models() if models is None else models
+    if models is None:
+        deps = artifacts.graph()["evaluate"]["deps"]
+        models = {m: v for m, v in artifacts.models().items() if f"models/{m}" in deps}
     dirs = {m: artifacts.require(Path("models", m)) for m in models}
     task_rows = read_jsonl(tasks / "eval.jsonl", ("task", "prompt", "answer"), made_by="tasks")
     wrong = read_jsonl(tasks / "prefs_heldout.jsonl", PAIRS, made_by="tasks")
@@ -228,17 +232,23 @@ def run(p: Params, proc: Proc, *, tokens: Path, tokenizer: Path, tasks: Path, pa
     for r in [*results, reward]:
         write_json(out / f"{r['model']}.json", r)
     write_json(effects_json, {"rows": table})
-    metrics = {f"{r['model']}_{r['task']}_{r['metric']}": round(r["value"], 5) for res in [*results, reward] for r in res["rows"]}
+    by_model = {}  # the overall figures; per task they are in out/<model>.json and the report
+    for r in (r for res in [*results, reward] for r in res["rows"] if r["task"] in ("val", "tasks", "cloze", "prefs")):
+        by_model.setdefault(r["model"], {})[f"{r['task']}_{r['metric']}"] = round(r["value"], 5)
+    for m, numbers in by_model.items():
+        write_json(scores / f"{m}.json", numbers)
     for m in (r["model"] for r in results):
-        print(f"evaluate: {m:<9} val bits/byte {metrics[f'{m}_val_bpb']:.4f}  held-out task accuracy "
-              f"{metrics[f'{m}_tasks_accuracy']:.3f}, multiple choice {metrics.get(f'{m}_tasks_mc_accuracy', 0):.3f}, "
-              f"val cloze {metrics.get(f'{m}_cloze_mc_accuracy', 0):.3f}")
+        x = by_model[m]
+        print(f"evaluate: {m:<9} val bits/byte {x['val_bpb']:.4f}  held-out task accuracy {x['tasks_accuracy']:.3f}, "
+              f"multiple choice {x.get('tasks_mc_accuracy', 0):.3f}, val cloze {x.get('cloze_mc_accuracy', 0):.3f}")
+    nbytes = results[0]["rows"][0]["n"]
     scope = "the whole val split" if p.evaluate.tokens is None else f"the first {p.evaluate.tokens:,} val tokens"
-    print(f"evaluate: val bits/byte over {results[0]['rows'][0]['n']:,} bytes, {scope}")
-    print(f"evaluate: unigram val bits/byte {metrics['unigram_val_bpb']:.4f}; "
-          f"reward model held-out pairwise accuracy {metrics['reward_prefs_pairwise_accuracy']:.3f}")
+    print(f"evaluate: val bits/byte over {nbytes:,} bytes, {scope}")
+    print(f"evaluate: unigram val bits/byte {by_model['unigram']['val_bpb']:.4f}; "
+          f"reward model held-out pairwise accuracy {by_model['reward']['prefs_pairwise_accuracy']:.3f}")
     for e in table:
         ci = "" if e["ci_low"] is None else f" [{e['ci_low']:+.4f}, {e['ci_high']:+.4f}]"
         print(f"evaluate: {e['stage']:<9} {e['metric']:<22} {e['before_model']} {e['before']:.4f} -> {e['after_model']} "
               f"{e['after']:.4f}: {e['diff']:+.4f}{ci} (n={e['n']}) {effects.verdict(e)}")
-    return metrics
+    return {"models": len(results), "val_bytes": nbytes, "questions": len(task_rows),
+            "final_tasks_accuracy": by_model[p.export.model]["tasks_accuracy"]}

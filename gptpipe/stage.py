@@ -26,11 +26,21 @@ from gptpipe.config import load_params
 from gptpipe.io import atomic_dir, replacing, write_metrics
 
 
+def uptime() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere): a stage's start-up, imports included."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        return float(Path("/proc/uptime").read_text().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run(stage: str, work: Callable[..., dict], *, launcher: Literal["torchrun", "accelerate"] | None = None,
         **paths: str) -> None:
     """metrics/<stage>.json = work(params, proc, **{name: path}), outputs written atomically."""
     p = load_params()
-    outs = set(artifacts.graph()[stage]["outs"])
+    g = artifacts.graph()[stage]
+    outs = set(g["outs"] + g["metrics"])
     paths = {name: artifacts.resolve(path) for name, path in paths.items()}
     inputs = {name: artifacts.require(path) for name, path in paths.items() if path not in outs}
     if launcher == "accelerate":
@@ -44,7 +54,7 @@ def run(stage: str, work: Callable[..., dict], *, launcher: Literal["torchrun", 
     if launcher:
         dist.relaunch(getattr(p, stage).nproc, accelerate=launcher == "accelerate", bf16=launcher == "accelerate" and cuda)
     proc = dist.setup(p.device, join=launcher != "accelerate")  # a trainer joins the process group it sets up
-    t0 = time.perf_counter()
+    startup, t0 = uptime(), time.perf_counter()
     with ExitStack() as stack:
         if proc.main:
             written = {name: stack.enter_context((replacing if Path(path).suffix else atomic_dir)(path))
@@ -56,8 +66,11 @@ def run(stage: str, work: Callable[..., dict], *, launcher: Literal["torchrun", 
                 if not w.suffix:
                     w.mkdir()
         metrics = work(p, proc, **inputs, **written)
+        t1 = time.perf_counter()
     if proc.main:
-        if f"metrics/{stage}.json" in artifacts.graph()[stage]["metrics"]:
-            write_metrics(stage, {**metrics, "elapsed_s": round(time.perf_counter() - t0, 2), "device": proc.label})
+        if f"metrics/{stage}.json" in g["metrics"]:
+            t2 = time.perf_counter()  # startup_s + elapsed_s is the stage's time: imports, work, outputs renamed
+            write_metrics(stage, {**metrics, "elapsed_s": round(t2 - t0, 2), "write_s": round(t2 - t1, 3),
+                                  "startup_s": startup and round(startup, 2), "device": proc.label})
         shutil.rmtree(Path("checkpoints", stage), ignore_errors=True)
     dist.teardown(proc)

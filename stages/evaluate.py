@@ -10,4 +10,5 @@ with user_errors("evaluate"):
     from gptpipe import evaluate, stage
 
     stage.run("evaluate", evaluate.run, tokens="data/tokens", tokenizer="data/tokenizer", tasks="data/raw/tasks",
-              pairs="data/pairs", out="reports/eval", effects_json="reports/effects.json")
+              pairs="data/pairs", out="reports/eval", effects_json="reports/effects.json",
+              scores="metrics/eval")

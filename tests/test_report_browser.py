@@ -193,3 +193,35 @@ def test_broken_pages_are_caught(tmp_path, browser):
     tab = browser.open(csp.as_uri())
     assert any("Content Security Policy" in p for p in browser.problems(tab, csp.as_uri()))
     assert browser.js(tab, "document.title") != "ran"
+
+
+def test_dvc_plots_draw_offline(tmp_path, browser):
+    """`dvc plots show` with the page .dvc/config names: every training curve drawn, nothing fetched (DVC's own
+    page loads vega from a CDN, which a machine without internet never gets)."""
+    from conftest import REPO, sh
+
+    ws = tmp_path / "ws"
+    (ws / ".dvc").mkdir(parents=True)
+    for f in (".dvc/config", ".dvc/plots.html", "dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / f, ws / f)
+    (ws / "plots").mkdir()
+    for stage, x in (("pretrain", "tokens"), ("sft", "step")):
+        (ws / "plots" / f"{stage}.csv").write_text(f"step,{x},loss\n" if x != "step" else "step,loss\n")
+        with open(ws / "plots" / f"{stage}.csv", "a") as f:
+            f.writelines(f"{i},{i * 100},{5 / i}\n" if x != "step" else f"{i},{5 / i}\n" for i in range(1, 20))
+    sh(["git", "init", "-q"], ws)
+    sh(["dvc", "plots", "show"], ws)
+    page = ws / "dvc_plots" / "index.html"
+    tab = browser.open(page.as_uri())
+    drawn = "document.querySelectorAll('.vega-embed .marks').length"  # vega's canvas, one per chart drawn
+    charts = browser.js(tab, "document.querySelectorAll('.vega-embed').length")  # one per plot of dvc.yaml
+    deadline = time.monotonic() + 10
+    while browser.js(tab, drawn) < charts and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert charts >= 2 and browser.js(tab, drawn) == charts
+    assert browser.problems(tab, page.as_uri()) == []
+
+    (ws / ".dvc/config").write_text("[core]\n    analytics = false\n")  # DVC's own page: it asks the CDN
+    sh(["dvc", "plots", "show"], ws)
+    tab = browser.open(page.as_uri())
+    assert any("cdn.jsdelivr.net" in p for p in browser.problems(tab, page.as_uri()))

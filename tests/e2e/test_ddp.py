@@ -1,7 +1,6 @@
 """DDP on 2 CPU processes (gloo): pretrain under torchrun, a TRL stage under `accelerate launch`, the loop's guarantees."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest

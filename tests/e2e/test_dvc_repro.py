@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, make_workspace, sh
+from conftest import REPO, sh
 
 pytestmark = pytest.mark.e2e
 ALL = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])  # every stage, in run order
@@ -54,8 +54,10 @@ def test_repro_builds_everything(built):
     for stage in ALL[:-1]:
         assert "elapsed_s" in json.loads((ws / f"metrics/{stage}.json").read_text())
     assert not list(ws.glob("**/.*.tmp-*")), "a temporary output was left behind"
-    shown = sh(["dvc", "metrics", "show", "--json"], ws).stdout
-    assert "base_val_bpb" in shown and "tokens_per_s" in shown
+    assert "tokens_per_s" in sh(["dvc", "metrics", "show", "--json"], ws).stdout
+    table = sh(["dvc", "metrics", "show", "metrics/eval"], ws).stdout.splitlines()  # the README's command
+    assert "val_bpb" in table[0] and len(table) == 1 + len(list(ws.glob("metrics/eval/*.json")))
+    assert max(map(len, table)) <= 160, "one screen wide"
     effects = {(e["stage"], e["metric"]) for e in json.loads((ws / "reports/effects.json").read_text())["rows"]}
     assert {("sft", "tasks/accuracy"), ("dpo", "tasks/accuracy"), ("rl", "tasks/accuracy"), ("sft", "val/bpb"),
             ("reward", "prefs/pairwise_accuracy")} <= effects
@@ -65,8 +67,8 @@ def test_repro_builds_everything(built):
 
 def test_model_beats_unigram_and_loads_with_stock_classes(built):
     ws, _ = built
-    m = json.loads((ws / "metrics/evaluate.json").read_text())
-    assert m["base_val_bpb"] < m["unigram_val_bpb"]
+    score = lambda model: json.loads((ws / f"metrics/eval/{model}.json").read_text())
+    assert score("base")["val_bpb"] < score("unigram")["val_bpb"]
     code = ("from transformers import AutoModelForCausalLM, AutoTokenizer as T; import sys;"
             "m = AutoModelForCausalLM.from_pretrained('models/base'); t = T.from_pretrained('models/base');"
             "ids = t('def ', return_tensors='pt').input_ids; print(type(m).__name__, m.generate(ids, max_new_tokens=3).shape)")
@@ -78,8 +80,8 @@ def test_model_beats_unigram_and_loads_with_stock_classes(built):
             "type(PeftModel.from_pretrained(C.from_pretrained('models/sft'), 'adapters/lora')).__name__)")
     out = sh([sys.executable, "-c", code], ws).stdout
     assert out.count("LlamaForCausalLM") == 5 and "LlamaForSequenceClassification" in out and "PeftModelForCausalLM" in out
-    assert 0 <= m["reward_prefs_pairwise_accuracy"] <= 1 and "rl_tasks_accuracy" in m
-    assert {"quantized_val_bpb", "rl_tasks_mc_accuracy", "base_cloze_mc_accuracy"} <= set(m)
+    assert 0 <= score("reward")["prefs_pairwise_accuracy"] <= 1 and "tasks_accuracy" in score("rl")
+    assert "val_bpb" in score("quantized") and "tasks_mc_accuracy" in score("rl") and "cloze_mc_accuracy" in score("base")
 
 
 def test_quantized_and_exported_models_load_in_stock_clients(built):
