@@ -69,3 +69,43 @@ def test_evaluate_model_rows_and_samples(saved):
     assert len(r["items"]["tasks"]) == 5 and len(r["items"]["cloze"]) == 8 and r["items"]["unigram_val"]
     again = evaluate.evaluate_model("base", out, s, "cpu", unigram=True)
     assert again["samples"] == r["samples"], "sampling is seeded"
+
+
+def test_the_evaluate_stage_without_dvc(micro_data, tiny_model, tmp_path, monkeypatch):
+    """evaluate.run on its own: every model scored into out/, the overall figures into scores/, and each
+    stage's effect against the model it starts from."""
+    import json
+    import shutil
+
+    from gptpipe import tasks
+    from gptpipe.dist import Proc
+    from gptpipe.post import reward
+
+    p, dirs = micro_data
+    monkeypatch.chdir(tmp_path)
+    for m in ("base", "sft", "dpo"):
+        shutil.copytree(tiny_model, tmp_path / "models" / m)
+    for part in reward.load(tiny_model, fresh_head=True):
+        part.save_pretrained(tmp_path / "models/reward")
+    sets = tasks.build(["copy", "compare"], 4, 6, 0.2, 0.0, seed=0)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "pairs").mkdir()
+    for name, path in (("eval", "tasks/eval.jsonl"), ("prefs_heldout", "tasks/prefs_heldout.jsonl"),
+                       ("prefs_heldout", "pairs/heldout.jsonl")):
+        (tmp_path / path).write_text("".join(json.dumps(r) + "\n" for r in sets[name]))
+    p = p.model_copy(update={"evaluate": p.evaluate.model_copy(update={"choice_items": 8}),
+                             "export": p.export.model_copy(update={"model": "dpo"})})
+    models = {"base": ("pretrain", None), "sft": ("sft", "base"), "reward": ("reward", "sft"), "dpo": ("dpo", "sft")}
+    out, scores = tmp_path / "eval", tmp_path / "scores"
+    out.mkdir(), scores.mkdir()
+    m = evaluate.run(p, Proc(0, 1, 0, torch.device("cpu")), tokens=dirs["tokens"], tokenizer=dirs["tokenizer"],
+                     tasks=tmp_path / "tasks", pairs=tmp_path / "pairs", out=out, effects_json=tmp_path / "effects.json",
+                     scores=scores, models=models)
+    assert sorted(f.stem for f in out.glob("*.json")) == ["base", "dpo", "reward", "sft"]
+    figures = {f.stem: json.loads(f.read_text()) for f in scores.glob("*.json")}
+    assert set(figures) == {"unigram", "base", "sft", "dpo", "reward"}
+    assert set(figures["dpo"]) == {"val_bpb", "tasks_accuracy", "tasks_mc_accuracy", "cloze_mc_accuracy"}
+    assert m["questions"] == 12 and m["final_tasks_accuracy"] == figures["dpo"]["tasks_accuracy"]
+    effects = {(e["stage"], e["metric"]): e for e in json.loads((tmp_path / "effects.json").read_text())["rows"]}
+    assert effects["dpo", "tasks/accuracy"]["before_model"] == "sft" and effects["dpo", "tasks/accuracy"]["diff"] == 0
+    assert effects["sft", "val/bpb"]["before_model"] == "base" and ("reward", "prefs/pairwise_accuracy") in effects

@@ -97,3 +97,47 @@ def test_tokenizer_and_metadata(micro_data, trained, exported):
     assert {types[i] for i in tok.all_special_ids} == {3}  # CONTROL
     kinds = {t.name: t.tensor_type.name for t in r.tensors}
     assert kinds["blk.0.attn_norm.weight"] == "F32" and kinds["blk.0.ffn_down.weight"] == "Q8_0"
+
+
+def test_the_export_stage_without_dvc(micro_data, trained, tmp_path, monkeypatch):
+    """export.run on its own: the HF dir and each GGUF checked by its client, the model card with the recipe of
+    the stages the model came from, the report file; a failed check fails the stage."""
+    import json
+    import shutil
+
+    from conftest import REPO
+
+    from gptpipe import export
+    from gptpipe.dist import Proc
+    from gptpipe.errors import UserError
+
+    p, _ = micro_data
+    monkeypatch.chdir(tmp_path)
+    for f in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / f, tmp_path)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval/rl.json").write_text(json.dumps({"rows": [{"model": "rl", "task": "tasks", "metric": "accuracy",
+                                                                  "value": 0.5, "n": 10, "stderr": 0.1}]}))
+    quant = {"scheme": "int8", "bytes_before": 4e6, "bytes_after": 1e6, "tokens_per_s_before": 9.0,
+             "tokens_per_s_after": 8.0, "device": "cpu"}
+    (tmp_path / "quantize.json").write_text(json.dumps(quant))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks/eval.jsonl").write_text(json.dumps({"prompt": [{"role": "user", "content": "def "}]}) + "\n")
+    p = p.model_copy(update={"export": p.export.model_copy(update={"model": "rl", "gguf": ["f32"]})})
+    out = tmp_path / "export"
+    out.mkdir()
+    kw = dict(source=trained, evals=tmp_path / "eval", quantize=tmp_path / "quantize.json", tasks=tmp_path / "tasks")
+    m = export.run(p, Proc(0, 1, 0, torch.device("cpu")), out=out, report=tmp_path / "export.json", **kw)
+    assert m["checks_passed"] == m["checks"] == 2
+    card = (out / "README.md").read_text()
+    assert "rl:" in card and "dpo:" in card and "evaluate:" not in card, "the recipe: the params of its stages"
+    written = json.loads((tmp_path / "export.json").read_text())
+    assert {f["path"] for f in written["files"]} >= {"export/hf/model.safetensors", "export/gguf/model-f32.gguf"}
+
+    monkeypatch.setattr(export, "check_hf", lambda *a: {"artifact": "hf", "check": "chat", "passed": False,
+                                                         "detail": "differs"})
+    shutil.rmtree(out)
+    out.mkdir()
+    with pytest.raises(UserError, match="export checks failed for hf"):
+        export.run(p, Proc(0, 1, 0, torch.device("cpu")), out=out, report=tmp_path / "again.json", **kw)
+    assert not (tmp_path / "again.json").exists()
