@@ -4,6 +4,7 @@ model stage made in its four places (a library module, a params section, a shim,
 
 import json
 import re
+import shutil
 import sys
 
 import pytest
@@ -11,6 +12,14 @@ import pytest
 from conftest import sh
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def copy(micro_built, tmp_path):
+    """A copy of the session's micro build."""
+    ws = tmp_path / "ws"
+    shutil.copytree(micro_built[0], ws, symlinks=True)
+    return ws
 
 MODULE = '''"""soup: sft's weights averaged with mid's (weight interpolation, as in WiSE-FT)."""
 
@@ -83,7 +92,8 @@ def test_a_stage_made_by_the_checklist_needs_nothing_more(copy):
 
     out = sh(["dvc", "repro"], ws).stdout
     ran = re.findall(r"Running stage '(\w+)'", out)
-    assert ran[0] == "soup" and {"evaluate", "report"} <= set(ran) and "rl" not in ran, ran
+    # every stage lists gptpipe/config.py, which now holds one more class: the whole graph reruns, soup in its place
+    assert "soup" in ran and ran.index("sft") < ran.index("soup") < ran.index("evaluate") < ran.index("report"), ran
     metrics = json.loads((ws / "metrics/soup.json").read_text())
     assert metrics["alpha"] == 0.25 and metrics["elapsed_s"] > 0 and metrics["device"].startswith("cpu")
     rows = json.loads((ws / "reports/eval/soup.json").read_text())["rows"]
