@@ -18,6 +18,12 @@ from gptpipe.errors import UserError
 
 CODE = ("stages/", "gptpipe/", "flows/")  # deps that are code, not data
 REWARD = "reward"  # the one model that scores replies instead of writing them
+# The paths read by code that is not their stage's (the report, the flow), named once; dvc.yaml says who makes each.
+METRICS, PLOTS = "metrics", "plots"              # <stage>.json, <stage>.csv
+EVAL, EFFECTS = "reports/eval", "reports/effects.json"
+EXPORT_REPORT = "reports/export.json"
+HARNESS = "reports/harness"                      # `gptpipe harness` rows, added to the next report
+DB, HTML, MARKDOWN = "reports/gptpipe.duckdb", "reports/index.html", "reports/report.md"
 
 
 def _paths(entries: list) -> list[str]:

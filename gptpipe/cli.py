@@ -179,6 +179,7 @@ def cmd_prefect(args) -> None:
 def cmd_harness(args) -> None:
     """reports/harness/<name>.json in the evaluate stage's format; the report stage adds them to the run."""
     from gptpipe import harness
+    from gptpipe.artifacts import HARNESS
     from gptpipe.io import write_json
     from gptpipe.report.card import fmt
 
@@ -186,7 +187,7 @@ def cmd_harness(args) -> None:
     name = "export" if name == "hf" else name
     rows = [r | {"model": name} for r in harness.run(args.model, [t for t in args.tasks.split(",") if t],
                                                     args.include_path, args.limit, device=args.device)]
-    path = write_json(Path("reports/harness") / f"{name}.json", {"model": name, "rows": rows, "samples": []})
+    path = write_json(Path(HARNESS) / f"{name}.json", {"model": name, "rows": rows, "samples": []})
     for r in rows:
         print(f"{r['task']:<24} {r['metric']:<16} {fmt(r['value'])} ± {fmt(r['stderr'])}  (n={r['n']})")
     print(f"harness: {path}; `gptpipe run report --single --force` adds it to the report")

@@ -8,7 +8,7 @@ from gptpipe.errors import user_errors
 
 with user_errors("evaluate"):
     from gptpipe import evaluate, stage
+    from gptpipe.artifacts import EFFECTS, EVAL
 
     stage.run("evaluate", evaluate.run, tokens="data/tokens", tokenizer="data/tokenizer", tasks="data/raw/tasks",
-              pairs="data/pairs", out="reports/eval", effects_json="reports/effects.json",
-              scores="metrics/eval")
+              pairs="data/pairs", out=EVAL, effects_json=EFFECTS, scores="metrics/eval")

@@ -7,6 +7,7 @@ from gptpipe.errors import user_errors
 
 with user_errors("export"):
     from gptpipe import export, stage
+    from gptpipe.artifacts import EVAL, EXPORT_REPORT
 
-    stage.run("export", export.run, source="models/${export.model}", evals="reports/eval",
-              quantize="metrics/quantize.json", tasks="data/raw/tasks", out="export", report="reports/export.json")
+    stage.run("export", export.run, source="models/${export.model}", evals=EVAL,
+              quantize="metrics/quantize.json", tasks="data/raw/tasks", out="export", report=EXPORT_REPORT)

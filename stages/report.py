@@ -3,6 +3,7 @@ from gptpipe.errors import user_errors
 
 with user_errors("report"):
     from gptpipe import stage
+    from gptpipe.artifacts import HTML, MARKDOWN
     from gptpipe.report import db
 
-    stage.run("report", db.run, html_page="reports/index.html", markdown_page="reports/report.md")
+    stage.run("report", db.run, html_page=HTML, markdown_page=MARKDOWN)

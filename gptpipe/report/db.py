@@ -22,6 +22,7 @@ import duckdb
 import yaml
 
 from gptpipe.errors import UserError
+from gptpipe.artifacts import DB, EFFECTS, EVAL, EXPORT_REPORT, HARNESS, HTML, MARKDOWN, METRICS, PLOTS
 from gptpipe.io import read_json
 
 SCHEMA = """
@@ -128,22 +129,21 @@ def exports(x: dict) -> tuple[list, list]:
 def collect(workspace: Path) -> dict:
     """Everything this run produced, read from the stage output files; missing ones are simply absent."""
     params = yaml.safe_load((workspace / "params.yaml").read_text()) or {}
-    stages = {f.stem: read_json(f, made_by=f.stem) for f in sorted((workspace / "metrics").glob("*.json"))}
-    qf, xf = workspace / "metrics" / "quantize.json", workspace / "reports" / "export.json"
+    stages = {f.stem: read_json(f, made_by=f.stem) for f in sorted((workspace / METRICS).glob("*.json"))}
+    qf, xf = workspace / METRICS / "quantize.json", workspace / EXPORT_REPORT
     quant = shaped(qf, stages["quantize"], quantization) if "quantize" in stages else None
     files, checks = shaped(xf, read_json(xf, made_by="export"), exports) if xf.exists() else ([], [])
     curves = []
-    for f in sorted((workspace / "plots").glob("*.csv")):
+    for f in sorted((workspace / PLOTS).glob("*.csv")):
         with open(f, newline="") as fh:
             for row in csv.DictReader(fh):
                 step = number(row.pop("step", None))
                 if step is not None:
                     curves += [(f.stem, int(step), k, x) for k, v in row.items() if (x := number(v)) is not None]
-    reports = workspace / "reports"
-    ef = reports / "effects.json"  # the evaluate stage's stage-by-stage changes
+    ef = workspace / EFFECTS  # the evaluate stage's stage-by-stage changes
     effect_rows = shaped(ef, read_json(ef, made_by="evaluate"), effects) if ef.exists() else []
     evals, samples = [], []  # the evaluate stage's rows, then any `gptpipe harness` rows
-    for f in [*sorted((reports / "eval").glob("*.json")), *sorted((reports / "harness").glob("*.json"))]:
+    for f in [*sorted((workspace / EVAL).glob("*.json")), *sorted((workspace / HARNESS).glob("*.json"))]:
         data = read_json(f, made_by="evaluate" if f.parent.name == "eval" else "`gptpipe harness`")
         evals += data.get("rows", [])
         samples += data.get("samples", [])
@@ -247,7 +247,7 @@ def load(db_path: str | Path) -> dict:
     return {"runs": runs, "latest": latest, "previous": previous}
 
 
-def run(p, proc, *, html_page: Path, markdown_page: Path, db_path: Path = Path("reports/gptpipe.duckdb")) -> dict:
+def run(p, proc, *, html_page: Path, markdown_page: Path, db_path: Path = Path(DB)) -> dict:
     """The report stage: this run into the database, then both pages from every run in it."""
     from gptpipe.report import html, markdown
 
@@ -255,5 +255,5 @@ def run(p, proc, *, html_page: Path, markdown_page: Path, db_path: Path = Path("
     data = load(db_path)
     html_page.write_text(html.render(data))
     markdown_page.write_text(markdown.render(data))
-    print(f"report: run {run_id} ({len(data['runs'])} in {db_path}) -> reports/index.html, reports/report.md")
+    print(f"report: run {run_id} ({len(data['runs'])} in {db_path}) -> {HTML}, {MARKDOWN}")
     return {"run_id": run_id}
