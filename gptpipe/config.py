@@ -287,6 +287,7 @@ class Device(Section):
     type: Literal["auto", "cpu", "cuda"]
     threads: int | None = Field(ge=1)        # torch CPU threads; null = torch's default
     peak_flops: float = Field(gt=0)          # per device, FLOP/s, for MFU (H100 bf16 dense: 989e12)
+    deterministic: bool                      # torch's deterministic algorithms: the same inputs give the same bytes
 
 
 class Evaluate(Section):

@@ -12,7 +12,7 @@ from gptpipe.config import Device
 from gptpipe.model import llama_config
 from gptpipe.shards import Shards
 
-CPU = Device(type="cpu", threads=None, peak_flops=1e11)
+CPU = Device(type="cpu", threads=None, peak_flops=1e11, deterministic=True)
 
 
 def lrs(t, steps):
@@ -66,6 +66,19 @@ def test_compiled_step_trains_like_eager(micro_data, tmp_path, monkeypatch):
         runs[compiled] = loop.train(model, t, dist.setup(CPU), loop.Run(ckpt_root=tmp_path / str(compiled) / "ck", **kw))
     assert runs[True]["final_loss"] == pytest.approx(runs[False]["final_loss"], rel=1e-4)
     assert runs[True]["val_loss"] == pytest.approx(runs[False]["val_loss"], rel=1e-4)
+
+
+def test_two_compiled_runs_give_the_same_bytes(micro_data, tmp_path, monkeypatch):
+    """device.deterministic: compiled CPU kernels would otherwise sum in thread order (the default pretrain's
+    weights differed run to run); with it the same inputs make the same weights, bit for bit."""
+    weights = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        model, t, kw = setup_run(micro_data, tmp_path / run, monkeypatch, compile=True)
+        kw["total_tokens"] = t.total_batch_tokens * 6
+        loop.train(model, t, dist.setup(CPU), loop.Run(ckpt_root=tmp_path / run / "ck", **kw))
+        weights.append(b"".join(v.numpy().tobytes() for v in model.state_dict().values()))
+    assert weights[0] == weights[1]
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(micro_data, tmp_path, monkeypatch):

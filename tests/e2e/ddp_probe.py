@@ -19,7 +19,7 @@ from gptpipe.shards import Shards
 
 tokens, out, steps = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 crash_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
-proc = dist.setup(Device(type="cpu", threads=1, peak_flops=1e11))
+proc = dist.setup(Device(type="cpu", threads=1, peak_flops=1e11, deterministic=True))
 data = Shards(tokens, "train")
 t = Train(seq_len=32, batch_size=4, total_batch_tokens=256, tokens=None, token_ratio=20, lr=3e-3,
           min_lr_frac=0.1, warmup_steps=2, schedule="cosine", decay_frac=0.2, weight_decay=0.1, beta1=0.9,
