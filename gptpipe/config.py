@@ -177,6 +177,7 @@ class Train(Section):
     grad_clip: float = Field(ge=0)           # 0 = off
     dtype: Literal["auto", "float32", "bfloat16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool
+    deterministic: bool                      # torch's deterministic algorithms: the same inputs make the same bytes
     nproc: int = Field(ge=1)                 # >1 launches the stage under torchrun (DDP)
     eval_every: int = Field(ge=1)
     eval_tokens: int = Field(ge=1)
@@ -287,7 +288,6 @@ class Device(Section):
     type: Literal["auto", "cpu", "cuda"]
     threads: int | None = Field(ge=1)        # torch CPU threads; null = torch's default
     peak_flops: float = Field(gt=0)          # per device, FLOP/s, for MFU (H100 bf16 dense: 989e12)
-    deterministic: bool                      # torch's deterministic algorithms: the same inputs give the same bytes
 
 
 class Evaluate(Section):

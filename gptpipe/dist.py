@@ -62,11 +62,6 @@ def wants_cuda(d: Device) -> bool:
 def setup(d: Device, join: bool = True) -> Proc:
     """Pick the device and, launched by torchrun and asked to `join`, join the process group."""
     use_cuda = wants_cuda(d)
-    if d.deterministic and use_cuda:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for it, before its first use
-    # Compiled CPU kernels otherwise sum in whatever order the threads finish (scatter-adds in the backward):
-    # two pretrains from the same params differed in the 5th digit of the loss and in every weight file.
-    torch.use_deterministic_algorithms(d.deterministic, warn_only=True)
     if d.threads and not use_cuda:
         torch.set_num_threads(d.threads)
     world = int(os.environ.get("WORLD_SIZE", 1))

@@ -199,6 +199,9 @@ def train(model, t: Train, proc: Proc, run: Run) -> dict:
     accum = t.total_batch_tokens // per_step
     steps = max(1, run.total_tokens // t.total_batch_tokens)
 
+    # Compiled CPU kernels otherwise sum in whatever order the threads finish (scatter-adds in the backward):
+    # two pretrains from the same params differed in the 5th digit of the loss and in every weight file.
+    torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
     model.to(proc.device).train()
     opt = make_optimizer(model, t, proc.device)
     start, history, state = 0, [], {}

@@ -29,7 +29,7 @@ from gptpipe.post import reward
 
 from conftest import REPO, sh
 
-CPU = Device(type="cpu", threads=None, peak_flops=1e11, deterministic=True)
+CPU = Device(type="cpu", threads=None, peak_flops=1e11)
 
 
 def refused(tmp_path, match: str, build) -> UserError:

@@ -12,7 +12,7 @@ from gptpipe.config import Device
 from gptpipe.model import llama_config
 from gptpipe.shards import Shards
 
-CPU = Device(type="cpu", threads=None, peak_flops=1e11, deterministic=True)
+CPU = Device(type="cpu", threads=None, peak_flops=1e11)
 
 
 def lrs(t, steps):
@@ -69,12 +69,12 @@ def test_compiled_step_trains_like_eager(micro_data, tmp_path, monkeypatch):
 
 
 def test_two_compiled_runs_give_the_same_bytes(micro_data, tmp_path, monkeypatch):
-    """device.deterministic: compiled CPU kernels would otherwise sum in thread order (the default pretrain's
+    """pretrain.deterministic: compiled CPU kernels would otherwise sum in thread order (the default pretrain's
     weights differed run to run); with it the same inputs make the same weights, bit for bit."""
     weights = []
     for run in ("a", "b"):
         (tmp_path / run).mkdir()
-        model, t, kw = setup_run(micro_data, tmp_path / run, monkeypatch, compile=True)
+        model, t, kw = setup_run(micro_data, tmp_path / run, monkeypatch, compile=True, deterministic=True)
         kw["total_tokens"] = t.total_batch_tokens * 6
         loop.train(model, t, dist.setup(CPU), loop.Run(ckpt_root=tmp_path / run / "ck", **kw))
         weights.append(b"".join(v.numpy().tobytes() for v in model.state_dict().values()))

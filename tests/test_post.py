@@ -17,7 +17,7 @@ from gptpipe.model import llama_config, save
 from gptpipe.post import sft
 
 PROC = Proc(0, 1, 0, torch.device("cpu"))
-CPU = Device(type="cpu", threads=None, peak_flops=1e11, deterministic=True)
+CPU = Device(type="cpu", threads=None, peak_flops=1e11)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from gptpipe.shards import META, Shards
 
 from conftest import REPO
 
-CPU = Device(type="cpu", threads=None, peak_flops=1e11, deterministic=True)
+CPU = Device(type="cpu", threads=None, peak_flops=1e11)
 SOURCES = [p for d in ("gptpipe", "stages", "flows") for p in sorted((REPO / d).rglob("*.py"))]
 PICKLE_READERS = {"pickle.load", "pickle.loads", "cPickle.load", "cPickle.loads", "dill.load", "dill.loads",
                   "joblib.load", "marshal.load", "marshal.loads", "shelve.open", "pd.read_pickle",
