@@ -201,6 +201,8 @@ def train(model, t: Train, proc: Proc, run: Run) -> dict:
 
     # Compiled CPU kernels otherwise sum in whatever order the threads finish (scatter-adds in the backward):
     # two pretrains from the same params differed in the 5th digit of the loss and in every weight file.
+    if t.deterministic and proc.device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition, before its first matmul
     torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
     model.to(proc.device).train()
     opt = make_optimizer(model, t, proc.device)
