@@ -161,7 +161,7 @@ def run(p: Params, proc, *, out: Path) -> dict:
         sets = build(t.hf, t.seed)
     else:
         sets = tasks.build(t.names, t.train_per_task, t.heldout_per_task, t.heldout_fraction, t.multi_turn, t.seed,
-                     n_rl=t.rl_per_task)
+                           n_rl=t.rl_per_task)
     for name, rows in sets.items():
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     per_task = collections.Counter(r["task"] for r in sets["eval"])

@@ -53,10 +53,3 @@ def user_errors(where: str):
         print(f"interrupted [{where}]: outputs left as they were before this run", file=sys.stderr)
         sys.exit(128 + getattr(e, "signum", signal.SIGINT))
 
-
-def require_file(path, made_by: str):
-    """Fail early, naming the missing input and the stage that makes it."""
-    from pathlib import Path
-    if not Path(path).exists():
-        raise UserError(f"{path} not found: it is made by the {made_by} stage; run `dvc repro {made_by}`")
-    return Path(path)

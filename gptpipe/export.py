@@ -22,6 +22,7 @@ from gptpipe.model import load_pretrained
 from gptpipe.report.card import report_card
 from gptpipe.report.markdown import table
 
+
 def chat(tok, model, messages: list[dict], new_tokens: int) -> str:
     """The greedy reply of a model to a conversation, as a user would get it."""
     enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -150,5 +151,5 @@ def run(p: Params, proc: Proc, *, source: Path, evals: Path, quantize: Path, tas
         raise UserError(f"export checks failed for {', '.join(failed)}; see the lines above")
     written = files(out)  # the paths as they will be once out is renamed into place
     write_json(report, {"model": p.export.model, "files": written, "checks": checks})
-    return {"model": p.export.model, "checks_passed": len(checks), "checks": len(checks),
+    return {"model": p.export.model, "checks_passed": sum(c["passed"] for c in checks), "checks": len(checks),
             **{f"{f['format'].replace(' ', '_')}_bytes": f["bytes"] for f in written}}

@@ -11,7 +11,6 @@ from gptpipe import artifacts
 from gptpipe.effects import verdict
 
 
-
 def pipeline() -> Path:
     """Where the stage order comes from: this workspace's dvc.yaml, or this checkout's for a page rendered elsewhere."""
     return Path(".") if Path("dvc.yaml").exists() else Path(__file__).resolve().parents[2]

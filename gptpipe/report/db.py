@@ -21,8 +21,8 @@ from pathlib import Path
 import duckdb
 import yaml
 
-from gptpipe.errors import UserError
 from gptpipe.artifacts import DB, EFFECTS, EVAL, EXPORT_REPORT, HARNESS, HTML, MARKDOWN, METRICS, PLOTS
+from gptpipe.errors import UserError
 from gptpipe.io import read_json
 
 SCHEMA = """
