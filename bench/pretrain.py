@@ -1,22 +1,31 @@
-"""Pretrain throughput: gptpipe's loop (HF Llama) vs a minimal hand-written GPT loop, same shape, one run.
+"""Pretrain against a minimal hand-written GPT loop of the same shape, in one run: speed, or quality in equal time.
 
-    python bench/pretrain.py                       # the params.yaml shape on this machine's device
+    python bench/pretrain.py                       # speed: the params.yaml shape on this machine's device
     python bench/pretrain.py --steps 30 --set pretrain.compile=true --set model.depth=12 ...
+    python bench/pretrain.py --equal-time          # quality: needs data/tokens (`dvc repro tokenize`)
+    python bench/pretrain.py --equal-time --seconds 120
 
-Prints tokens/s and MFU of each and their ratio, plus the data loader alone (it must never be the limit).
+Speed prints tokens/s and MFU of each and their ratio, plus the data loader alone (it must never be the limit).
 The reference model has the same FLOPs per token as ours (RoPE, RMSNorm, SwiGLU, GQA, untied head), so
 the ratio measures the cost of our loop and of the HF module, not of a different architecture.
+
+Equal time trains both on the real token shards for the same wall time, model build and compile included:
+our pretrain stage's loop with its params (or with pretrain.tokens scaled to --seconds from a short probe),
+and the reference loop, a plain nanoGPT-style AdamW loop (warmup, then cosine over the time budget). It
+prints each one's val bits/byte over the whole val split, tokens/s and MFU.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -107,6 +116,93 @@ def reference_tokens_per_s(cfg, t, proc, data, steps) -> float:
     return timed / secs
 
 
+def reference_in_time(cfg, t, proc, data: Shards, seconds: float, lr: float) -> tuple[nn.Module, dict]:
+    """The reference loop for `seconds` of wall time: AdamW on every parameter, warmup then cosine over time."""
+    t0 = time.perf_counter()
+    torch.manual_seed(t.seed)
+    model = GPT(cfg, t.seq_len).to(proc.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay,
+                            fused=proc.device.type == "cuda")
+    fwd = torch.compile(model) if t.compile else model
+    accum = t.total_batch_tokens // (t.batch_size * t.seq_len)
+    step, timed, secs = 0, 0, 0.0
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        frac = elapsed / seconds
+        scale = min(1.0, (step + 1) / t.warmup_steps) * \
+            (t.min_lr_frac + (1 - t.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr * scale
+        t1 = time.perf_counter()
+        for micro in range(accum):
+            x, y = data.sample(t.batch_size, t.seq_len, np.random.default_rng([t.seed, step, micro]))
+            x, y = x.to(proc.device), y.to(proc.device)
+            with loop.autocast(t, proc.device):
+                loss = F.cross_entropy(fwd(x).float().flatten(0, 1), y.flatten()) / accum
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        float(loss.detach())
+        if step >= 2:
+            timed, secs = timed + t.total_batch_tokens, secs + time.perf_counter() - t1
+        step += 1
+    return model, {"steps": step, "seconds": time.perf_counter() - t0, "tokens_per_s": timed / max(secs, 1e-9)}
+
+
+class AsCausalLM(nn.Module):
+    """The reference GPT behind the interface our val scoring reads: config.max_position_embeddings, .logits."""
+
+    def __init__(self, gpt: GPT, seq_len: int):
+        super().__init__()
+        self.gpt, self.config = gpt, SimpleNamespace(max_position_embeddings=seq_len)
+
+    def forward(self, input_ids):
+        return SimpleNamespace(logits=self.gpt(input_ids))
+
+
+def equal_time(p, proc, seconds: float | None, ref_lr: float) -> None:
+    from gptpipe import evaluate, pretrain, tokenizer
+
+    tokens, tok_dir = Path("data/tokens").resolve(), Path("data/tokenizer").resolve()
+    val = Shards(tokens, "val")  # names the fix when tokenize has not run
+    token_bytes = torch.tensor(tokenizer.token_bytes(tokenizer.load(tok_dir)))
+    whole = SimpleNamespace(tokens=None, batch_size=16)  # what bpb_model reads of evaluate params: the whole split
+    cfg = llama_config(p.model, val.vocab_size)
+    fpt, peak, t = flops_per_token(cfg, p.pretrain.seq_len), p.device.peak_flops, p.pretrain
+
+    def ours(q, tmp: Path) -> tuple[float, dict]:
+        t0 = time.perf_counter()
+        m = pretrain.run(q, proc, tokens=tokens, tokenizer=tok_dir, out=tmp / "model", ckpt_root=tmp / "ck")
+        return time.perf_counter() - t0, m
+
+    os.environ["WANDB_MODE"] = "disabled"
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # the loop writes plots/ and logs/: keep them out of the workspace
+        if seconds is not None:  # a probe gives start-up and step time; the real run gets the steps that fit
+            probe_steps = 12
+            wall, m = ours(p.model_copy(update={"pretrain": t.model_copy(
+                update={"tokens": probe_steps * t.total_batch_tokens, "eval_every": 10**9})}), Path(tmp, "probe"))
+            step_s = t.total_batch_tokens / m["tokens_per_s"]
+            steps = int((seconds - (wall - probe_steps * step_s)) / step_s)
+            t = t.model_copy(update={"tokens": max(1, steps) * t.total_batch_tokens})
+            p = p.model_copy(update={"pretrain": t})
+        wall, m = ours(p, Path(tmp))
+        from transformers import LlamaForCausalLM
+        our_bpb = evaluate.bpb_model(LlamaForCausalLM.from_pretrained(Path(tmp, "model")), val, token_bytes, whole,
+                                     proc.device)
+        ref, r = reference_in_time(cfg, t, proc, Shards(tokens, "train"), seconds or wall, ref_lr)
+        ref_bpb = evaluate.bpb_model(AsCausalLM(ref, t.seq_len), val, token_bytes, whole, proc.device)
+
+    print(f"\ndevice {proc.label}, depth {p.model.depth}, width {cfg.hidden_size}, seq {t.seq_len}, "
+          f"{t.total_batch_tokens:,} tok/step; val bits/byte over the whole val split ({our_bpb[1]:,} bytes)")
+    print(f"{'loop':<34}{'seconds':>9}{'steps':>7}{'tokens/s':>10}{'MFU':>8}{'val bpb':>9}")
+    for name, s, n, tps, bpb in [(f"gptpipe ({t.optimizer})", wall, m["steps"], m["tokens_per_s"], our_bpb[0]),
+                                 (f"minimal GPT (AdamW lr {ref_lr:g})", r["seconds"], r["steps"], r["tokens_per_s"],
+                                  ref_bpb[0])]:
+        print(f"{name:<34}{s:>9.1f}{n:>7}{tps:>10,.0f}{100 * fpt * tps / peak:>7.2f}%{bpb:>9.3f}")
+    print(f"gptpipe's bits/byte is {100 * (1 - our_bpb[0] / ref_bpb[0]):.1f}% below the reference's in equal time")
+
+
 def fake_shards(root: Path, vocab: int, n: int) -> Shards:
     """Random tokens in the real shard format, so both loops read through the real loader."""
     np.random.default_rng(0).integers(0, vocab, n, dtype=np.uint16).tofile(root / "train_0000.bin")
@@ -118,11 +214,17 @@ def fake_shards(root: Path, vocab: int, n: int) -> Shards:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=20, help="speed: timed steps of each loop")
+    ap.add_argument("--equal-time", action="store_true", help="quality: both loops for the same wall time")
+    ap.add_argument("--seconds", type=float, help="equal time: the budget (default: what our loop takes at "
+                    "pretrain.tokens)")
+    ap.add_argument("--ref-lr", type=float, default=3e-3, help="equal time: the reference loop's AdamW lr")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     p = load_params(overrides=args.set)
     t, proc = p.pretrain, dist.setup(p.device)
+    if args.equal_time:
+        return equal_time(p, proc, args.seconds, args.ref_lr)
     cfg = llama_config(p.model, p.tokenizer.vocab_size)
     fpt = flops_per_token(cfg, t.seq_len)
     peak = p.device.peak_flops
