@@ -15,7 +15,7 @@ import torch.distributed as torch_dist
 from gptpipe.config import Device, Post, Train
 from gptpipe.errors import UserError
 
-NODE_RANK = "GPTPIPE_NODE_RANK"  # which machine this is, 0 to nnodes-1, when a stage spans several; 0 hosts the rendezvous
+NODE_RANK = "GPTPIPE_NODE_RANK"  # which machine this is (0 to nnodes-1) when a stage spans several; 0 hosts
 
 
 @dataclass(frozen=True)
