@@ -156,6 +156,9 @@ class Model(Section):
 
 
 # ---------------------------------------------------------------- training
+MEETING = {"rdzv_endpoint", "rdzv_timeout_s"}  # Train keys for where and how long nodes meet: never the bytes
+
+
 class Train(Section):
     """Our own loop (gptpipe/loop.py): the pretrain and midtrain sections."""
     seq_len: int = Field(ge=8)
