@@ -8,6 +8,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as torch_dist
@@ -110,10 +111,13 @@ def setup(d: Device, join: bool = True) -> Proc:
         torch.set_num_threads(d.threads)
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    if int(os.environ.get("GROUP_WORLD_SIZE", 1)) > 1:
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", 1))
+    if nodes > 1:
         # c10d numbers the nodes by host name and process id; number them by GPTPIPE_NODE_RANK instead, so
         # rank 0, which writes the outputs (transformers saves weights on rank 0 only), is node 0's first process.
-        rank = int(os.environ.get(NODE_RANK, 0)) * int(os.environ["LOCAL_WORLD_SIZE"]) + local
+        node = int(os.environ.get(NODE_RANK, 0))
+        check_node_ranks(node, nodes)
+        rank = node * int(os.environ["LOCAL_WORLD_SIZE"]) + local
         os.environ["RANK"] = str(rank)  # what init_process_group reads
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
@@ -122,6 +126,22 @@ def setup(d: Device, join: bool = True) -> Proc:
     if join and world > 1 and not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if use_cuda else "gloo")
     return Proc(rank, world, local, device)
+
+
+def check_node_ranks(node: int, nodes: int) -> None:
+    """Two machines with the same GPTPIPE_NODE_RANK would take the same ranks and hang in the join: every process
+    reads each node's number from torchrun's store (the rendezvous's, on node 0) and refuses a clash."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # no store before init_process_group makes one
+        return
+    store = torch_dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                timeout=timedelta(minutes=5))
+    store.set(f"gptpipe/node/{os.environ['GROUP_RANK']}", str(node))
+    keys = [f"gptpipe/node/{g}" for g in range(nodes)]
+    store.wait(keys)
+    numbers = sorted(int(store.get(k)) for k in keys)
+    if numbers != list(range(nodes)):
+        raise UserError(f"{NODE_RANK}: the {nodes} nodes are numbered {', '.join(map(str, numbers))}; give each "
+                        f"machine its own number from 0 to {nodes - 1}")
 
 
 def all_mean(x: float, proc: Proc) -> float:

@@ -111,3 +111,17 @@ def test_an_unreachable_rendezvous_fails_in_one_line_before_any_work(micro_data,
     r = sh([sys.executable, "-m", "stages.pretrain"], ws, check=False)  # node 0, as GPTPIPE_NODE_RANK is unset
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stdout + r.stderr
     assert r.stderr.startswith("error [pretrain]: pretrain.rdzv_endpoint 192.0.2.1:29500: node 0 cannot listen there")
+
+
+def test_two_machines_with_the_same_node_rank_are_refused(micro_data, tmp_path):
+    """Their ranks would clash and the join hang: every node stops, naming GPTPIPE_NODE_RANK, before training."""
+    ws = pretrain_workspace(tmp_path / "ws", micro_data, "pretrain.nnodes=3", "pretrain.total_batch_tokens=1536",
+                            "pretrain.rdzv_timeout_s=60", f"pretrain.rdzv_endpoint=127.0.0.1:{free_port()}")
+    nodes = [subprocess.Popen([sys.executable, "-m", "stages.pretrain"], cwd=ws, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, env={**os.environ, "GPTPIPE_NODE_RANK": rank})
+             for rank in ("0", "1", "1")]  # nothing is written before the check, so they can share a checkout
+    logs = [n.communicate(timeout=300)[0] for n in nodes]
+    for n, log in zip(nodes, logs):
+        assert n.returncode != 0 and "error [pretrain]: GPTPIPE_NODE_RANK: the 3 nodes are numbered 0, 1, 1" in log, log
+        assert "micro-batches of" not in log  # the loop never started
+    assert not (ws / "models/base").exists()
