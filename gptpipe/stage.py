@@ -2,7 +2,7 @@
 
 The runner loads params; checks each input path exists (else names the stage that makes it) before any
 work; relaunches under torchrun (our loop) or `accelerate launch` (the TRL stages) when the stage's `nproc`
-asks for processes; hands each output path a temporary sibling that replaces it only if the work succeeds
+asks for processes (or `nnodes` for machines: torchrun's c10d rendezvous, gptpipe/dist.py); hands each output path a temporary sibling that replaces it only if the work succeeds
 (rank 0, the first process of node 0, only: other ranks write to a throwaway folder); writes
 metrics/<stage>.json with `elapsed_s` and `device`; then deletes checkpoints/<stage> (on every node), which
 only serve a rerun of a killed run.
