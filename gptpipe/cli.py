@@ -33,15 +33,16 @@ def main(argv: list[str] | None = None) -> None:
     prof.add_argument("action", choices=["use", "list"])
     prof.add_argument("name", nargs="?")
 
-    pl = sub.add_parser("plan", help="size a run: params, tokens, FLOPs, hours and cost for a depth on N GPUs")
+    pl = sub.add_parser("plan", help="size a run: params, tokens, FLOPs, hours and cost for a depth on N nodes x G GPUs")
     pl.set_defaults(func=cmd_plan)
     pl.add_argument("--depth", type=int, default=20)
-    pl.add_argument("--gpus", type=int, default=8)
+    pl.add_argument("--gpus", type=int, default=8, help="GPUs per node")
+    pl.add_argument("--nodes", type=int, default=1, help="machines, each with --gpus GPUs")
     pl.add_argument("--gpu", default="h100", help="h100, h200, a100, l40s, 4090")
     pl.add_argument("--mfu", type=float, default=0.4, help="expected model FLOPs utilisation, 0-1 (measure: bench/gpu.sh)")
     pl.add_argument("--price", type=float, help="$ per GPU-hour (default: a rough on-demand price for --gpu)")
     pl.add_argument("--params", action="store_true", help="size pretrain as params.yaml sets it: model, tokens, "
-                    "pretrain.nproc devices at device.peak_flops (--depth/--gpus unused)")
+                    "pretrain.nnodes x pretrain.nproc devices at device.peak_flops (--depth/--gpus/--nodes unused)")
 
     fl = sub.add_parser("flow", help="run the Prefect speedrun flow here: one task per DVC stage, DVC decides what runs")
     fl.set_defaults(func=cmd_prefect)
@@ -125,15 +126,15 @@ def cmd_plan(args) -> None:
         raise UserError(f"--gpu {args.gpu}: unknown GPU; known: {', '.join(GPUS)}")
     if not 0 < args.mfu <= 1:
         raise UserError(f"--mfu {args.mfu}: a fraction of peak, in (0, 1], e.g. 0.4")
-    if args.depth < 1 or args.gpus < 1 or (args.price is not None and args.price < 0):
-        raise UserError("--depth and --gpus must be at least 1, --price at least 0")
+    if min(args.depth, args.gpus, args.nodes) < 1 or (args.price is not None and args.price < 0):
+        raise UserError("--depth, --gpus and --nodes must be at least 1, --price at least 0")
     if args.params:
         from gptpipe.config import load_params
 
         print(describe_params(load_params(), args.gpu, args.mfu, args.price))
         return
-    p = plan(args.depth, args.gpus, args.gpu, mfu=args.mfu, price=args.price)
-    print(describe(p, f"depth {args.depth}", args.gpus, args.gpu, args.mfu))
+    p = plan(args.depth, args.nodes * args.gpus, args.gpu, mfu=args.mfu, price=args.price)
+    print(describe(p, f"depth {args.depth}", args.gpus, args.gpu, args.mfu, args.nodes))
 
 
 def cmd_profile(args) -> None:

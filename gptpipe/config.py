@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gptpipe.errors import UserError
 
@@ -156,6 +156,9 @@ class Model(Section):
 
 
 # ---------------------------------------------------------------- training
+MEETING = {"rdzv_endpoint", "rdzv_timeout_s"}  # Train keys for where and how long nodes meet: never the bytes
+
+
 class Train(Section):
     """Our own loop (gptpipe/loop.py): the pretrain and midtrain sections."""
     seq_len: int = Field(ge=8)
@@ -178,7 +181,10 @@ class Train(Section):
     dtype: Literal["auto", "float32", "bfloat16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool
     deterministic: bool                      # torch's deterministic algorithms: the same inputs make the same bytes
-    nproc: int = Field(ge=1)                 # >1 launches the stage under torchrun (DDP)
+    nproc: int = Field(ge=1)                 # processes per node; >1 launches the stage under torchrun (DDP)
+    nnodes: int = Field(ge=1)                # machines; >1: torchrun's c10d rendezvous at rdzv_endpoint
+    rdzv_endpoint: str | None                # HOST:PORT on node 0 (the node with GPTPIPE_NODE_RANK=0 or unset)
+    rdzv_timeout_s: float = Field(gt=0)      # how long nodes wait for each other, and a node for node 0
     eval_every: int = Field(ge=1)
     eval_tokens: int = Field(ge=1)
     ckpt_every: int = Field(ge=1)
@@ -191,10 +197,24 @@ class Train(Section):
 
     @model_validator(mode="after")
     def _batch(self):
-        if self.total_batch_tokens % (self.batch_size * self.seq_len * self.nproc):
+        if self.total_batch_tokens % (self.batch_size * self.seq_len * self.nproc * self.nnodes):
             raise ValueError(
-                f"total_batch_tokens ({self.total_batch_tokens}) must be a multiple of "
-                f"batch_size * seq_len * nproc ({self.batch_size} * {self.seq_len} * {self.nproc})")
+                f"total_batch_tokens ({self.total_batch_tokens}) must be a multiple of batch_size * seq_len * "
+                f"nproc * nnodes ({self.batch_size} * {self.seq_len} * {self.nproc} * {self.nnodes})")
+        return self
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_port(cls, v: str | None):
+        host, _, port = (v or "").rpartition(":")
+        if v is not None and not (host and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{v!r} is not HOST:PORT, e.g. 10.0.0.1:29500 (node 0's address and a free port)")
+        return v
+
+    @model_validator(mode="after")
+    def _nodes(self):
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError(f"nnodes is {self.nnodes} but rdzv_endpoint is not set: set it to node 0's HOST:PORT")
         return self
 
 

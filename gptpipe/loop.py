@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from gptpipe import ckpt
 from gptpipe.config import Train, Wandb
-from gptpipe.dist import Proc, all_mean, barrier
+from gptpipe.dist import Proc, agree, all_mean, barrier
 from gptpipe.errors import UserError
 from gptpipe.io import RunLog, write_plot
 
@@ -211,7 +211,9 @@ def train(model, t: Train, proc: Proc, run: Run) -> dict:
     if found:
         state = ckpt.load(found, model, opt, proc.device)
         start, history = state["step"], state["history"]
-    barrier(proc)
+    if not agree(start, proc):  # each node resumes from its own disk: a node that lost its checkpoints
+        raise UserError(f"{stage}: the nodes found different checkpoints to resume from (this one: step {start}); "
+                        f"delete {run.ckpt_root} on every node and rerun")
 
     fwd = LossModule(model)
     if t.compile:
@@ -268,7 +270,7 @@ def train(model, t: Train, proc: Proc, run: Run) -> dict:
         logged = (step + 1) % t.log_every == 0 or "val_loss" in row or last_step
         progress.step(row, logged, mfu(row["tokens_per_s"]))
         if (step + 1) % t.ckpt_every == 0 and not last_step:
-            if proc.main:
+            if proc.local_rank == 0:  # one copy per node, so every node can resume from its own disk
                 ckpt.save(run.ckpt_root, step + 1, model, opt, {"key": run.key, "history": history})
             barrier(proc)
 

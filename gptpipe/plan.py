@@ -53,11 +53,11 @@ def plan(depth: int, gpus: int, gpu: str = "h100", *, mfu: float = 0.4, vocab: i
 
 def from_params(p, gpu: str = "h100", mfu: float = 0.4, price: float | None = None) -> Plan:
     """The pretrain stage of a Params as it would run: its model, token budget (the rule of gptpipe.pretrain)
-    and pretrain.nproc devices at device.peak_flops; priced per hour of `gpu` ("cpu": free)."""
+    and pretrain.nnodes x pretrain.nproc devices at device.peak_flops; priced per hour of `gpu` ("cpu": free)."""
     cfg = llama_config(p.model, p.tokenizer.vocab_size)
     t = p.pretrain
     tokens = t.budget(count_params(cfg)["total"])
-    return estimate(cfg, tokens, t.seq_len, t.nproc, p.device.peak_flops, mfu,
+    return estimate(cfg, tokens, t.seq_len, t.nnodes * t.nproc, p.device.peak_flops, mfu,
                     price if price is not None else GPUS[gpu][1] if gpu in GPUS else 0.0)
 
 
@@ -65,15 +65,19 @@ def describe_params(p, gpu: str = "h100", mfu: float = 0.4, price: float | None 
     """`describe` of `from_params`: pretrain as params.yaml sets it, on its devices (named `gpu` when CUDA)."""
     device = gpu if p.device.type == "cuda" else "cpu"
     return describe(from_params(p, device, mfu, price), "pretrain as params.yaml sets it", p.pretrain.nproc,
-                    device, mfu)
+                    device, mfu, p.pretrain.nnodes)
 
 
-def describe(p: Plan, what: str, gpus: int, gpu: str, mfu: float) -> str:
+def describe(p: Plan, what: str, gpus: int, gpu: str, mfu: float, nodes: int = 1) -> str:
+    """`gpus` per node, on `nodes` nodes."""
     secs = p.hours * 3600
     took = f"{p.hours:,.2f} h" if secs >= 3600 else f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.2g} s"
+    on = f"{gpus}x {gpu}"
+    if nodes > 1:
+        on = f"{nodes} nodes x {on} ({nodes * gpus} {'processes' if gpu == 'cpu' else 'GPUs'})"
     return (f"{what}: {si(p.params)} params ({si(p.params_non_embedding)} non-embedding), {si(p.tokens)} tokens "
             f"({p.tokens / p.params:.2g} per param), {p.flops_per_token / 1e9:.3g} GFLOP/token, {p.flops:.3g} FLOPs\n"
-            f"on {gpus}x {gpu} at {100 * mfu:.0f}% MFU: {took}, ~${p.cost:,.0f}")
+            f"on {on} at {100 * mfu:.0f}% MFU: {took}, ~${p.cost:,.0f}")
 
 
 def si(n: float) -> str:

@@ -2,9 +2,10 @@
 
 The runner loads params; checks each input path exists (else names the stage that makes it) before any
 work; relaunches under torchrun (our loop) or `accelerate launch` (the TRL stages) when the stage's `nproc`
-asks for processes; hands each output path a temporary sibling that replaces it only if the work succeeds
-(rank 0 only: other ranks write to a throwaway folder); writes metrics/<stage>.json with `elapsed_s` and
-`device`; then deletes checkpoints/<stage>, which only serve a rerun of a killed run.
+asks for processes (or `nnodes` for machines: torchrun's c10d rendezvous, gptpipe/dist.py); hands each output path a temporary sibling that replaces it only if the work succeeds
+(rank 0, the first process of node 0, only: other ranks write to a throwaway folder); writes
+metrics/<stage>.json with `elapsed_s` and `device`; then deletes checkpoints/<stage> (on every node), which
+only serve a rerun of a killed run.
 
 Which paths are outputs is dvc.yaml's to say (gptpipe/artifacts.py): a path argument that is one of the
 stage's outs is written, any other is read. `${section.key}` in a path is filled from params, as in dvc.yaml.
@@ -52,7 +53,7 @@ def run(stage: str, work: Callable[..., dict], *, launcher: Literal["torchrun", 
         os.environ.setdefault("WANDB_DIR", os.path.abspath("logs"))
         os.environ.setdefault("WANDB_PROJECT", p.wandb.project)
     if launcher:
-        dist.relaunch(getattr(p, stage).nproc, accelerate=launcher == "accelerate", bf16=launcher == "accelerate" and cuda)
+        dist.relaunch(stage, getattr(p, stage), accelerate=launcher == "accelerate", bf16=launcher == "accelerate" and cuda)
     proc = dist.setup(p.device, join=launcher != "accelerate")  # a trainer joins the process group it sets up
     startup, t0 = uptime(), time.perf_counter()
     with ExitStack() as stack:
@@ -67,10 +68,10 @@ def run(stage: str, work: Callable[..., dict], *, launcher: Literal["torchrun", 
                     w.mkdir()
         metrics = work(p, proc, **inputs, **written)
         t1 = time.perf_counter()
-    if proc.main:
-        if f"metrics/{stage}.json" in g["metrics"]:
-            t2 = time.perf_counter()  # startup_s + elapsed_s is the stage's time: imports, work, outputs renamed
-            write_metrics(stage, {**metrics, "elapsed_s": round(t2 - t0, 2), "write_s": round(t2 - t1, 3),
-                                  "startup_s": startup and round(startup, 2), "device": proc.label})
+    if proc.main and f"metrics/{stage}.json" in g["metrics"]:
+        t2 = time.perf_counter()  # startup_s + elapsed_s is the stage's time: imports, work, outputs renamed
+        write_metrics(stage, {**metrics, "elapsed_s": round(t2 - t0, 2), "write_s": round(t2 - t1, 3),
+                              "startup_s": startup and round(startup, 2), "device": proc.label})
+    if proc.local_rank == 0:  # each node keeps its own checkpoints (gptpipe/loop.py)
         shutil.rmtree(Path("checkpoints", stage), ignore_errors=True)
     dist.teardown(proc)

@@ -63,6 +63,9 @@ def test_depth_rule_and_overrides():
     (["evaluate.prompts=[]"], "evaluate.prompts", "at least 1"),
     (["tasks.source=web"], "tasks.source", "'synthetic' or 'hf'"),
     (["tasks.source=hf"], "tasks", "tasks.hf is not set"),
+    (["pretrain.nnodes=2"], "pretrain", "rdzv_endpoint is not set"),
+    (["midtrain.rdzv_endpoint=node0"], "midtrain.rdzv_endpoint", "not HOST:PORT"),
+    (["pretrain.rdzv_endpoint=10.0.0.1:99999"], "pretrain.rdzv_endpoint", "not HOST:PORT"),
 ])
 def test_bad_values_name_the_key(sets, key, words):
     with pytest.raises(UserError) as e:

@@ -39,6 +39,26 @@ def test_cli_prints_a_plan_and_refuses_bad_flags():
     assert r.returncode == 2 and "--mfu" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_nodes_times_gpus_per_node():
+    import subprocess
+    import sys
+
+    from gptpipe.config import load_params
+    from gptpipe.plan import describe_params, from_params
+
+    r = subprocess.run([sys.executable, "-m", "gptpipe.cli", "plan", "--depth", "20", "--nodes", "2", "--gpus", "8"],
+                       capture_output=True, text=True)
+    sixteen = plan(20, 16)
+    assert r.returncode == 0 and "on 2 nodes x 8x h100 (16 GPUs) at 40% MFU" in r.stdout
+    assert f"{sixteen.hours:,.2f} h, ~${sixteen.cost:,.0f}" in r.stdout
+    assert sixteen.hours == pytest.approx(plan(20, 8).hours / 2) and sixteen.cost == pytest.approx(plan(20, 8).cost)
+    one = load_params(REPO / "params.yaml", ["pretrain.nproc=2", "pretrain.total_batch_tokens=16384"])
+    two = load_params(REPO / "params.yaml", ["pretrain.nproc=2", "pretrain.total_batch_tokens=16384",
+                                             "pretrain.nnodes=2", "pretrain.rdzv_endpoint=10.0.0.1:29500"])
+    assert from_params(two).hours == pytest.approx(from_params(one).hours / 2)
+    assert "on 2 nodes x 2x cpu (4 processes)" in describe_params(two)
+
+
 def test_plan_from_params_uses_the_pretrain_budget_and_processes():
     from gptpipe.config import load_params
     from gptpipe.plan import from_params

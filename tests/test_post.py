@@ -53,6 +53,11 @@ def test_midtrain_mixes_chat_into_the_loop(micro_data, base, chat, tmp_path, mon
                      out=tmp_path, ckpt_root=tmp_path / "ck")
     assert m["steps"] == p.midtrain.tokens // p.midtrain.total_batch_tokens and m["chat_tokens"] > 0
     assert AutoModelForCausalLM.from_pretrained(tmp_path).config.model_type == "llama"
+    # Where the nodes meet is no part of the checkpoint key: a rerun after node 0 moved resumes.
+    moved = p.model_copy(update={"midtrain": p.midtrain.model_copy(update={"rdzv_endpoint": "10.0.0.2:29500"})})
+    m = midtrain.run(moved, dist.setup(CPU), base=base, tokens=dirs["tokens"], conversations=chat / "sft.jsonl",
+                     out=None, ckpt_root=tmp_path / "ck")
+    assert m["resumed_from_step"] == p.midtrain.ckpt_every
 
 
 def test_sft_labels_the_reply_of_conversations_and_all_of_the_text(micro_data, base, chat, tmp_path, monkeypatch):

@@ -24,7 +24,8 @@ data = Shards(tokens, "train")
 t = Train(seq_len=32, batch_size=4, total_batch_tokens=256, tokens=None, token_ratio=20, lr=3e-3,
           min_lr_frac=0.1, warmup_steps=2, schedule="cosine", decay_frac=0.2, weight_decay=0.1, beta1=0.9,
           beta2=0.95, optimizer="adamw", muon_lr=0.02, muon_momentum=0.95, grad_clip=1.0, dtype="float32",
-          compile=False, deterministic=True, nproc=2, eval_every=1000, eval_tokens=256, ckpt_every=5, log_every=1, seed=0)
+          compile=False, deterministic=True, nproc=2, nnodes=1, rdzv_endpoint=None, rdzv_timeout_s=60,
+          eval_every=1000, eval_tokens=256, ckpt_every=5, log_every=1, seed=0)
 m = Model(depth=1, aspect_ratio=32, head_dim=16, kv_group=1, max_seq_len=32, width=None, n_head=None, n_kv_head=None)
 torch.manual_seed(0)
 model = LlamaForCausalLM(llama_config(m, data.vocab_size))
