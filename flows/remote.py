@@ -14,6 +14,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -113,19 +114,24 @@ def dvc(ws: Path, args: list[str], log: Callable[[str], None], check: bool = Tru
 
 
 def repro_shared(ws: Path, stage: str, force: bool, remote: str, entries: dict[str, dict],
-                 log: Callable[[str], None] = print) -> str:
+                 log: Callable[[str], None] = print, spent: dict | None = None) -> str:
     """Bring one stage up to date through the remote; return RAN, SKIPPED, CACHED or RESTORED.
 
     The outputs are pushed only after the stage succeeded, so the remote never holds a half-made one (DVC writes
-    each object under a temporary name and renames it, so a killed push leaves none either).
+    each object under a temporary name and renames it, so a killed push leaves none either). `spent` gets the
+    seconds of each step (pull, repro, push).
     """
+    spent = {} if spent is None else spent
+    t0 = time.perf_counter()
     write_lock(ws, entries)
     if paths := inputs(ws, stage):
         dvc(ws, ["pull", "-r", remote, "--force", *paths], log)
     restored = (not force and restorable(ws, stage)
                 and dvc(ws, ["pull", "-r", remote, "--force", stage], log, check=False) == 0)
+    t1 = time.perf_counter()
     outcome = repro.repro(ws, stage, force, log)
-    if restored and outcome == repro.SKIPPED:
-        return RESTORED
-    dvc(ws, ["push", "-r", remote, stage], log)  # a skipped stage too: the remote may not have it yet
-    return outcome
+    t2 = time.perf_counter()
+    if not (restored and outcome == repro.SKIPPED):
+        dvc(ws, ["push", "-r", remote, stage], log)  # a skipped stage too: the remote may not have it yet
+    spent.update(pull=t1 - t0, repro=t2 - t1, push=time.perf_counter() - t2)
+    return RESTORED if restored and outcome == repro.SKIPPED else outcome
