@@ -37,6 +37,7 @@ def dvc(ws: Path, *args: str):
 
 
 def start_worker(clone: Path, pool: str, env: dict, log: Path) -> subprocess.Popen:
+    env = dict(env, PREFECT_WORKER_HEARTBEAT_SECONDS="2")  # a dead worker shows offline after 3 missed: 6 s
     return subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "worker", "--pool", pool], cwd=clone, env=env,
                             stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -209,18 +210,23 @@ def test_a_worker_killed_mid_stage(built, fleet, prefect_env):
     locks = {c: yaml.safe_load((c / "dvc.lock").read_text()) for c in (cpu, gpu)}
     since = datetime.now(timezone.utc)
     log = root / "killed-run.log"
-    parent = subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "flow", "run", "--workspace", str(cpu),
-                               "--stage", "pretrain", "--force", "pretrain"], cwd=cpu, env=prefect_env,
-                              stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    def started():  # the stage's temporary output exists: it is training
-        return parent.poll() is not None or list((gpu / "models").glob(".base.tmp-*"))
+    # Every clone has the same params (the children check): a short wait for a worker of the pool, for the kill.
+    with edited(cpu, "flow.worker_timeout_s=10"), edited(gpu, "flow.worker_timeout_s=10"):
+        parent = subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "flow", "run", "--workspace", str(cpu),
+                                   "--stage", "pretrain", "--force", "pretrain"], cwd=cpu, env=prefect_env,
+                                  stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
-    wait_for("pretrain to start on the gpu worker", started, timeout=180, every=0.2)
-    assert parent.poll() is None, log.read_text()[-3000:]
-    stop(workers.pop("gptpipe-gpu"))  # Ctrl-C to the worker and its flow runs, as a box going down would send
-    assert parent.wait(120) != 0, log.read_text()[-3000:]
+        def started():  # the stage's temporary output exists: it is training
+            return parent.poll() is not None or list((gpu / "models").glob(".base.tmp-*"))
+
+        wait_for("pretrain to start on the gpu worker", started, timeout=180, every=0.2)
+        assert parent.poll() is None, log.read_text()[-3000:]
+        stop(workers.pop("gptpipe-gpu"))  # Ctrl-C to the worker and its flow runs, then SIGKILL: a box going down
+        # Nobody reports the child's end: the parent notices its pool has no worker online and marks it crashed.
+        assert parent.wait(120) != 0, log.read_text()[-3000:]
     child = children(since)["pretrain"]
     assert child.state.is_crashed() or child.state.is_failed(), child.state
+    assert "no worker online" in log.read_text() or child.state.is_failed(), log.read_text()[-3000:]
     for c, before in locks.items():
         assert yaml.safe_load((c / "dvc.lock").read_text()) == before, f"dvc.lock of {c} changed"
     assert not [p for p in (gpu / "models").iterdir() if ".tmp" in p.name], "a half-written model is left"
