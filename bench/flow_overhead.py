@@ -3,7 +3,7 @@ across machines (flow.remote set: two process workers in two git clones, pools g
 local-directory DVC remote, all on 127.0.0.1).
 
     python bench/flow_overhead.py            # the three, full build and no-op
-    python bench/flow_overhead.py --no-distributed
+    python bench/flow_overhead.py --no-distributed   # or --no-plain: only the two flows
 
 Builds fresh micro workspaces in a temporary folder, starts `prefect server start` on 127.0.0.1, then times each as
 the command a user types. For the distributed build it also prints, per stage, the seconds of `dvc repro -s`, of
@@ -100,6 +100,7 @@ def per_stage(since) -> list[tuple[str, float, float, float, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-distributed", action="store_true")
+    ap.add_argument("--no-plain", action="store_true", help="skip the plain `dvc repro` column")
     args = ap.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,11 +125,13 @@ def main() -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     sys.exit("the Prefect server did not start")
                 time.sleep(0.5)
-            plain, flowed = make_workspace(tmp / "plain"), make_workspace(tmp / "flow")
-            dvc = [sys.executable, "-m", "dvc", "repro"]
+            flowed = make_workspace(tmp / "flow")
             flow = [sys.executable, "-m", "gptpipe.cli", "flow", "run", "--workspace"]
-            columns = {"dvc repro": [timed(dvc, plain, env), timed(dvc, plain, env)],
-                       "flow": [timed([*flow, str(flowed)], REPO, env), timed([*flow, str(flowed)], REPO, env)]}
+            columns = {}
+            if not args.no_plain:
+                plain, dvc = make_workspace(tmp / "plain"), [sys.executable, "-m", "dvc", "repro"]
+                columns["dvc repro"] = [timed(dvc, plain, env), timed(dvc, plain, env)]
+            columns["flow"] = [timed([*flow, str(flowed)], REPO, env), timed([*flow, str(flowed)], REPO, env)]
             if not args.no_distributed:
                 from datetime import datetime, timezone
 
