@@ -89,7 +89,7 @@ def per_stage(since) -> list[tuple[str, float, float, float, float]]:
             expected_start_time=FlowRunFilterExpectedStartTime(after_=since))) if r.work_pool_name in POOLS]
         arts = {a.flow_run_id: a for a in c.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(like_="dvc-lock-")))}
-        for child in sorted(children, key=lambda r: r.expected_start_time):
+        for child in sorted((r for r in children if r.id in arts), key=lambda r: r.expected_start_time):
             s = json.loads(re.search(r"```json\n(.*)\n```", arts[child.id].data, re.S).group(1))["seconds"]
             task = c.read_task_runs(task_run_filter=TaskRunFilter(id={"any_": [child.parent_task_run_id]}))[0]
             wall = (task.end_time - task.start_time).total_seconds()
