@@ -55,7 +55,7 @@ def fleet(tmp: Path, env: dict) -> tuple[Path, list[subprocess.Popen]]:
     from prefect.workers.process import ProcessWorker
 
     store = tmp / "store"
-    store.mkdir()
+    store.mkdir(parents=True)
     origin = make_workspace(tmp / "origin", sets=("flow.retries=0", "flow.remote=store"))
     shutil.copytree(REPO / "flows", origin / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     git = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
