@@ -48,6 +48,7 @@ def flow(args) -> None:
 def deploy(args) -> None:
     e = env()
     e.setdefault("GPTPIPE_HOME", str(ROOT))  # flows/prefect.yaml: the checkout the workers run from
+    e.pop("GPTPIPE_CHECKOUT", None)  # the stage deployments' placeholder: each worker fills it with its own checkout
     names = [x for n in args.name or [] for x in ("--name", n)] or ["--all"]
     cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", "flows/prefect.yaml", *names]
     print("+", " ".join(["prefect", *cmd[3:]]), flush=True)
@@ -56,7 +57,8 @@ def deploy(args) -> None:
 
 def worker(args) -> None:
     # Flow runs start in a throwaway folder; the deployments' pull step moves them to $GPTPIPE_HOME (this checkout).
-    e = env() | {"GPTPIPE_HOME": str(ROOT)}
+    # GPTPIPE_CHECKOUT: the stage deployments (flow.remote set) run in the checkout of the worker that takes them.
+    e = env() | {"GPTPIPE_HOME": str(ROOT), "GPTPIPE_CHECKOUT": str(ROOT)}
     cmd = [sys.executable, "-m", "prefect", "--no-prompt", "worker", "start", "--pool", args.pool, "--type", "process"]
     print("+", " ".join(["prefect", *cmd[3:]]), f"(GPTPIPE_HOME={ROOT})", flush=True)
     os.execve(sys.executable, cmd, e)  # the worker takes this process: signals reach it directly

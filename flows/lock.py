@@ -34,9 +34,9 @@ def holder(ws: Path) -> str:
 
 @contextmanager
 def workspace_lock(ws: Path, owner: str, timeout_s: float, on_wait: Callable[[str], None] = print,
-                   poll_s: float = 0.5):
+                   poll_s: float = 0.5, name: str = LOCK):
     """Hold the workspace for the block; wait up to `timeout_s` for a run that holds it (0: fail at once)."""
-    path = ws / LOCK
+    path = ws / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         deadline = time.monotonic() + timeout_s

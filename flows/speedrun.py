@@ -19,9 +19,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 from pydantic import ValidationError
 
-from flows import publish, repro
+from flows import dispatch, publish, repro
 from flows.lock import workspace_lock
-from gptpipe.config import Flow, format_errors, read_yaml
+from gptpipe.config import Flow, Resources, format_errors, read_yaml
 from gptpipe.errors import UserError
 
 # The checkout this code runs from (a worker's pull step moves it there): the workspace unless told otherwise.
@@ -30,16 +30,16 @@ STATE_NAMES = {repro.RAN: "Completed", repro.SKIPPED: "Skipped", repro.CACHED: "
 PUBLISH = {"evaluate": publish.eval_table, "report": publish.report_card}  # stage -> artifact made from its outputs
 
 
-def flow_settings(ws: Path) -> Flow:
-    """The `flow:` section of the workspace's params.yaml. Only that one: each stage validates the rest itself."""
+def flow_settings(ws: Path, section: str = "flow", model=Flow):
+    """The `flow:` (or `resources:`) section of the workspace's params.yaml. Only that: each stage validates the rest."""
     raw = read_yaml(ws / "params.yaml")
-    if "flow" not in raw:
-        raise UserError(f"{ws}/params.yaml has no `flow:` section (retries, retry_delay_s, lock_timeout_s): "
+    if section not in raw:
+        raise UserError(f"{ws}/params.yaml has no `{section}:` section ({', '.join(model.model_fields)}): "
                         "copy it from gptpipe's params.yaml")
     try:
-        return Flow.model_validate(raw["flow"])
+        return model.model_validate(raw[section])
     except ValidationError as e:
-        raise UserError(format_errors(e, f"{ws}/params.yaml, section flow")) from None
+        raise UserError(format_errors(e, f"{ws}/params.yaml, section {section}")) from None
 
 
 def worth_retrying(task, task_run, state) -> bool:
@@ -119,6 +119,12 @@ def run_pipeline(workspace, profile, stages, force, dry_run, wait, log) -> dict[
     if profile:
         repro.check_profile(ws, profile)  # before waiting on the lock, not after
     log.info(f"workspace {ws}: stages {', '.join(chosen)}" + (f"; forced {', '.join(sorted(forced))}" if forced else ""))
+    if settings.remote and not dry_run:  # every stage on a worker of its pool, data through the remote
+        resources = flow_settings(ws, "resources", Resources)
+        results = dispatch.run(ws, settings, resources, graph, chosen, forced, profile, wait, holder_line(), log)
+        log.info(f"speedrun done in {time.perf_counter() - t0:.1f} s: "
+                 + "; ".join(f"{stage} {outcome}" for stage, outcome in results.items()))
+        return results
 
     with workspace_lock(ws, holder_line(), settings.lock_timeout_s if wait else 0, on_wait=log.warning):
         if dry_run:

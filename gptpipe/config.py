@@ -352,6 +352,14 @@ class Flow(Section):
     retries: int = Field(ge=0)               # per stage task; bad input (a stage exiting 2) is never retried
     retry_delay_s: float = Field(ge=0)
     lock_timeout_s: float = Field(ge=0)      # how long a run waits for another run on the same workspace
+    remote: str | None                       # a DVC remote name: each stage runs on a worker of its pool, sharing
+                                             # data through it (flows/dispatch.py); null: every stage runs here
+    worker_timeout_s: float = Field(gt=0)    # with a remote: a stage waits this long for a worker of its pool
+
+
+class Resources(Section):
+    """Where each stage runs when flow.remote is set; not a DVC param either."""
+    gpus: dict[str, Annotated[int, Field(gt=0)]]   # stage -> GPUs: it runs on a gpu-pool worker; the rest on cpu
 
 
 class Params(Section):
@@ -374,6 +382,7 @@ class Params(Section):
     report: Report
     wandb: Wandb
     flow: Flow
+    resources: Resources
     # The one default kept in code: params.yaml files written before it existed stay valid, and safe.
     allow_outside_paths: bool = False
 

@@ -67,7 +67,6 @@ ENTRY = '''  soup:
           persist: true
     metrics:
       - metrics/soup.json:
-          cache: false
           persist: true
 
 '''

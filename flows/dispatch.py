@@ -1,0 +1,204 @@
+"""The speedrun across machines: with flow.remote set, each stage is its own flow run on a worker of its pool.
+
+The speedrun flow (flows/speedrun.py) walks the graph as always, but hands each stage to the deployment of its
+resource class: `speedrun-stage/gpu` (pool gptpipe-gpu) for the stages in `resources.gpus`, `speedrun-stage/cpu`
+(pool gptpipe-cpu) for the rest. That child flow, `speedrun_stage` below, runs in the checkout of whichever worker
+picked it up ($GPTPIPE_CHECKOUT, set by `gptpipe worker`) and does flows/remote.py's pull, `dvc repro -s`, push.
+What a stage made travels back as its dvc.lock entry (an artifact of the child run), which the parent hands to the
+stages that read from it and, at the end, writes into its own workspace's dvc.lock: commit that file, and any clone
+with the remote can `dvc pull` the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from prefect import flow, get_client, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled, Completed, Crashed, Failed
+
+from flows import remote, repro
+from flows.lock import workspace_lock
+from gptpipe.config import Flow, Resources
+from gptpipe.errors import UserError
+
+CHECKOUT = Path(__file__).resolve().parents[1]  # a worker's pull step moves the run into its own checkout first
+DEPLOYMENT = "speedrun-stage/{}"  # one per resource class, in flows/prefect.yaml
+DISPATCH_LOCK = ".dvc/tmp/gptpipe-dispatch.lock"  # not the workspace lock: a child may run a stage in this checkout
+STATE_NAMES = {repro.RAN: "Ran", repro.SKIPPED: "Skipped", repro.CACHED: "Cached", remote.RESTORED: "Restored"}
+OUTCOMES = {v: k for k, v in STATE_NAMES.items()}
+BAD_INPUT = "BadInput"  # a child's Failed state with this name fails the same way again: not retried
+
+
+class ChildFailed(repro.StageFailed):
+    def __init__(self, stage: str, message: str, retry: bool):
+        Exception.__init__(self, message)
+        self.stage, self.returncode, self.bad_input = stage, None, not retry
+
+
+def resource_class(resources: Resources, stage: str) -> str:
+    return "gpu" if stage in resources.gpus else "cpu"
+
+
+# ---------------------------------------------------------------- the parent: checks, then one child per stage
+def preflight(ws: Path, settings: Flow, resources: Resources, graph: dict, chosen: list[str], log) -> dict:
+    """Everything that would fail later, refused now in one line each: {class: (deployment name, pool, its env)}."""
+    remote.check(ws, settings.remote)
+    if unknown := sorted(set(resources.gpus) - set(graph)):
+        raise UserError(f"resources.gpus in {ws}/params.yaml names {', '.join(unknown)}, not a stage of dvc.yaml "
+                        f"(stages: {', '.join(graph)}): fix the name or drop it")
+    targets = {}
+    with get_client(sync_client=True) as c:
+        for stage in chosen:
+            cls = resource_class(resources, stage)
+            if cls in targets:
+                continue
+            name = DEPLOYMENT.format(cls)
+            try:
+                d = c.read_deployment_by_name(name)
+            except ObjectNotFound:
+                raise UserError(f"stage {stage!r} runs on resource class {cls} (resources.gpus in params.yaml), but "
+                                f"deployment {name} does not exist: run `gptpipe deploy` (flows/prefect.yaml)") from None
+            targets[cls] = (name, d.work_pool_name, (d.job_variables or {}).get("env", {}))
+    for name, pool, _ in targets.values():
+        wait_for_worker(pool, settings.worker_timeout_s, log)
+    return targets
+
+
+def online(c, pool: str) -> bool:
+    return any(w.status.value == "ONLINE" for w in c.read_workers_for_work_pool(pool))
+
+
+def wait_for_worker(pool: str, timeout_s: float, log) -> None:
+    deadline, said = time.monotonic() + timeout_s, False
+    with get_client(sync_client=True) as c:
+        while True:
+            try:
+                if online(c, pool):
+                    return
+            except ObjectNotFound:
+                raise UserError(f"work pool {pool} does not exist: `prefect work-pool create {pool} --type process`, "
+                                f"then start a worker on it (`gptpipe worker --pool {pool}`)") from None
+            if time.monotonic() > deadline:
+                raise UserError(f"no worker on work pool {pool} after {timeout_s:.0f} s: start one in a checkout on "
+                                f"that machine (`gptpipe worker --pool {pool}`), or raise flow.worker_timeout_s")
+            if not said:
+                log.warning(f"waiting up to {timeout_s:.0f} s for a worker on pool {pool}")
+                said = True
+            time.sleep(1)
+
+
+def worth_retrying(task, task_run, state) -> bool:
+    return not getattr(state.data, "bad_input", False)
+
+
+@task(task_run_name="{stage}", cache_policy=NO_CACHE, retry_condition_fn=worth_retrying)
+def dispatch(stage: str, deployment: str, pool: str, parameters: dict, env: dict, timeout_s: float):
+    """Start the stage's child flow run on its pool and wait for it; its state becomes this task's."""
+    log = get_run_logger()
+    with get_client(sync_client=True) as c:
+        d = c.read_deployment_by_name(deployment)
+        run = c.create_flow_run_from_deployment(d.id, parameters=parameters, name=stage, job_variables={"env": env},
+                                                parent_task_run_id=TaskRunContext.get().task_run.id)
+        log.info(f"{stage}: flow run {run.name} ({run.id}) on {deployment}, pool {pool}")
+        deadline = time.monotonic() + timeout_s
+        while not (state := c.read_flow_run(run.id).state).is_final():
+            if state.is_running() and online(c, pool):
+                deadline = time.monotonic() + timeout_s  # a worker is there: wait as long as the stage takes
+            elif time.monotonic() > deadline:  # nobody took it, or every worker of the pool died while it ran
+                running = state.is_running()
+                why = (f"stage {stage!r}: " + (f"pool {pool} has had no worker online for {timeout_s:.0f} s while it "
+                       "ran (marked crashed)" if running else f"no worker of pool {pool} took it within {timeout_s:.0f} s")
+                       + f": start one (`gptpipe worker --pool {pool}` in a checkout on that machine) and run again, "
+                       "or raise flow.worker_timeout_s")
+                c.set_flow_run_state(run.id, Crashed(message=why) if running else Cancelled(message=why), force=True)
+                log.error(why)
+                return Failed(message=why, data=ChildFailed(stage, why, retry=False))
+            time.sleep(1)
+        if not state.is_completed():
+            why = f"stage {stage!r} {state.type.value.lower()} on pool {pool} (flow run {run.name}): {state.message}"
+            log.error(why)
+            return Failed(message=why, data=ChildFailed(stage, why, retry=state.name != BAD_INPUT))
+        found = c.read_artifacts(artifact_filter=_artifact_filter(run.id))
+    info = json.loads(re.search(r"```json\n(.*)\n```", found[0].data, re.S).group(1))
+    said = f"{stage}: {OUTCOMES[state.name]} on pool {pool} by {info['worker']} in {info['workspace']}"
+    log.info(said)
+    return Completed(name=state.name, message=said, data=info)
+
+
+def _artifact_filter(flow_run_id):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    return ArtifactFilter(key=ArtifactFilterKey(like_="dvc-lock-"), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+
+
+def run(ws: Path, settings: Flow, resources: Resources, graph: dict, chosen: list[str], forced: set[str],
+        profile: str | None, wait: bool, holder: str, log) -> dict[str, str]:
+    """The pipeline with every stage on a worker of its pool; {stage: ran | skipped | restored}."""
+    targets = preflight(ws, settings, resources, graph, chosen, log)
+    results: dict[str, str] = {}
+    with workspace_lock(ws, holder, settings.lock_timeout_s if wait else 0, on_wait=log.warning, name=DISPATCH_LOCK):
+        if profile:
+            repro.use_profile(ws, profile, log=log.info)
+        ledger, made = remote.read_lock(ws), {}
+        send = dispatch.with_options(retries=settings.retries, retry_delay_seconds=settings.retry_delay_s)
+        try:
+            for i, stage in enumerate(chosen):
+                cls = resource_class(resources, stage)
+                deployment, pool, env = targets[cls]
+                if cls == "gpu":
+                    env = {**env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, range(resources.gpus[stage])))}
+                entries = {s: ledger[s] for s in [*graph[stage], stage] if s in ledger}
+                parameters = dict(stage=stage, remote_name=settings.remote, entries=entries, force=stage in forced,
+                                  profile=profile, expected=remote.fingerprint(ws), origin=str(ws))
+                state = send(stage, deployment, pool, parameters, env, settings.worker_timeout_s, return_state=True)
+                if state.is_failed():
+                    log.error(f"{stage} failed; not run: {', '.join(chosen[i + 1:]) or 'none'}")
+                info = state.result()  # re-raises the child's error: the flow run fails with it
+                ledger[stage] = made[stage] = info["lock"]
+                results[stage] = info["outcome"]
+        finally:  # what the children made is recorded here, even when one failed: the next run hands it on
+            with workspace_lock(ws, holder, settings.lock_timeout_s):
+                remote.write_lock(ws, made)
+    return results
+
+
+# ---------------------------------------------------------------- the child: one stage in a worker's checkout
+@flow(name="speedrun-stage", flow_run_name="{stage}")
+def speedrun_stage(stage: str, remote_name: str, entries: dict, expected: dict, origin: str, force: bool = False,
+                   profile: str | None = None):
+    """One stage in this worker's checkout: dvc.lock entries in, inputs pulled, `dvc repro -s`, outputs pushed."""
+    from flows.speedrun import PUBLISH, flow_settings, holder_line
+
+    log = get_run_logger()
+    ws = CHECKOUT
+    worker = os.environ.get("PREFECT__WORKER_NAME", "no worker")
+    say = lambda line: (log.error if line[:5].lower() == "error" else log.info)(line)  # noqa: E731
+    try:
+        with workspace_lock(ws, holder_line(), flow_settings(ws).lock_timeout_s, on_wait=log.warning):
+            if profile:
+                repro.use_profile(ws, profile, log=log.info)
+            remote.check_same(ws, expected, origin)
+            t0, spent = time.perf_counter(), {}
+            outcome = remote.repro_shared(ws, stage, force, remote_name, entries, log=say, spent=spent)
+            lock = remote.read_lock(ws)[stage]
+    except (UserError, repro.StageFailed) as e:
+        log.error(str(e))
+        bad = isinstance(e, UserError) or getattr(e, "bad_input", False)
+        return Failed(name=BAD_INPUT if bad else "Failed", message=str(e))
+    info = {"stage": stage, "outcome": outcome, "workspace": str(ws), "worker": worker, "seconds": spent, "lock": lock}
+    create_markdown_artifact(f"`{stage}` {outcome} in `{ws}` by {worker}\n\n```json\n{json.dumps(info, indent=1)}\n```",
+                             key=f"dvc-lock-{re.sub(r'[^a-z0-9-]', '-', stage.lower())}",
+                             description=f"{stage}'s dvc.lock entry, for the stages that read from it")
+    if stage in PUBLISH:
+        PUBLISH[stage](ws)
+    return Completed(name=STATE_NAMES[outcome], message=f"{stage}: {outcome} in {time.perf_counter() - t0:.1f} s, "
+                                                        f"{ws} ({worker})")
+

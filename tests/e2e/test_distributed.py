@@ -1,0 +1,239 @@
+"""The speedrun across machines, all on 127.0.0.1: the session's Prefect server, two process workers in two git
+clones (pool gptpipe-cpu in one, gptpipe-gpu in the other; the "gpu" worker runs on CPU here), and a
+local-directory DVC remote. The micro pipeline is built once (`fleet`), from scratch, by the speedrun flow with
+flow.remote set; the tests run in file order and build on each other, like tests/e2e/test_flows.py.
+"""
+
+import hashlib
+import re
+import subprocess
+import sys
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, make_workspace, sh, stop, wait_for
+
+pytestmark = pytest.mark.e2e
+sys.path.insert(0, str(REPO))  # flows/ lives in the checkout, beside the installed gptpipe package
+POOLS = ("gptpipe-cpu", "gptpipe-gpu")
+
+
+def client():
+    from prefect import get_client
+
+    return get_client(sync_client=True)
+
+
+def git(ws: Path, *args: str):
+    return sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], ws)
+
+
+def dvc(ws: Path, *args: str):
+    return sh([sys.executable, "-m", "dvc", *args], ws)
+
+
+def start_worker(clone: Path, pool: str, env: dict, log: Path) -> subprocess.Popen:
+    env = dict(env, PREFECT_WORKER_HEARTBEAT_SECONDS="2")  # a dead worker shows offline after 3 missed: 6 s
+    return subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "worker", "--pool", pool], cwd=clone, env=env,
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def worker_online(pool: str) -> bool:
+    with client() as c:
+        return any(w.status.value == "ONLINE" for w in c.read_workers_for_work_pool(pool))
+
+
+def children(since) -> dict:
+    """{stage: its latest child flow run} among the stage deployments' runs created after `since`."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterExpectedStartTime
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with client() as c:
+        runs = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["speedrun-stage"])),
+                                flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
+                                sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+    return {r.name: r for r in runs}
+
+
+def where(run) -> str:
+    """The checkout the child ran in, from its dvc.lock artifact."""
+    from flows.dispatch import _artifact_filter
+
+    with client() as c:
+        data = c.read_artifacts(artifact_filter=_artifact_filter(run.id))[0].data
+    return re.search(r'"workspace": "([^"]+)"', data).group(1)
+
+
+@contextmanager
+def edited(ws: Path, *sets: str):
+    from gptpipe import profile
+
+    before = (ws / "params.yaml").read_bytes()
+    profile.set_values(list(sets), ws / "params.yaml")
+    try:
+        yield
+    finally:
+        (ws / "params.yaml").write_bytes(before)
+
+
+def store_is_whole(store: Path) -> None:
+    """Every object in the remote is complete: content-addressed, so its md5 is its name; no temporary files."""
+    files = [p for p in store.rglob("*") if p.is_file()]
+    assert files and not [p for p in files if "tmp" in p.name], files
+    for p in files:
+        if not p.name.endswith(".dir"):
+            assert hashlib.md5(p.read_bytes()).hexdigest() == p.parent.name + p.name, f"partial object {p}"
+
+
+# ---------------------------------------------------------------- the fleet: origin, remote, two clones, workers
+@pytest.fixture(scope="module")
+def fleet(prefect_server, prefect_env, tmp_path_factory):
+    """(origin, cpu clone, gpu clone, store, {pool: worker process}); only the cpu worker runs at first."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    root = tmp_path_factory.mktemp("distributed")
+    store = root / "store"
+    store.mkdir()
+    origin = make_workspace(root / "origin", sets=("flow.retries=0", "flow.retry_delay_s=0", "flow.remote=store",
+                                                   "flow.worker_timeout_s=90"))
+    sh(["cp", "-r", str(REPO / "flows"), str(origin)], root)
+    sh(["rm", "-rf", str(origin / "flows" / "__pycache__")], root)
+    dvc(origin, "remote", "add", "-d", "store", str(store))
+    git(origin, "add", "-A")
+    git(origin, "commit", "-qm", "flows and the remote")
+    cpu, gpu = root / "cpu", root / "gpu"
+    for clone in (cpu, gpu):
+        git(root, "clone", "-q", str(origin), str(clone))
+    with client() as c:  # `prefect work-pool create NAME --type process`
+        for pool in POOLS:
+            c.create_work_pool(WorkPoolCreate(name=pool, type="process",
+                                              base_job_template=ProcessWorker.get_default_base_job_template()))
+    workers = {"gptpipe-cpu": start_worker(cpu, "gptpipe-cpu", prefect_env, root / "cpu-worker.log")}
+    try:
+        yield origin, cpu, gpu, store, workers, root
+    finally:
+        for w in workers.values():
+            stop(w)
+        with client() as c:  # the next module creates them again
+            for pool in POOLS:
+                c.delete_work_pool(pool)
+
+
+@pytest.fixture(scope="module")
+def built(fleet, prefect_env):
+    """The micro pipeline built from scratch across the two workers: (the flow run's state, when it started)."""
+    from flows.speedrun import speedrun
+
+    origin, cpu, gpu, store, workers, root = fleet
+    sh([sys.executable, "-m", "gptpipe.cli", "deploy"], cpu, env=prefect_env)  # idempotent: bad-input test did it
+    workers["gptpipe-gpu"] = start_worker(gpu, "gptpipe-gpu", prefect_env, root / "gpu-worker.log")
+    since = datetime.now(timezone.utc)
+    return speedrun(workspace=str(cpu), return_state=True), since
+
+
+# ---------------------------------------------------------------- tests, in order
+def test_bad_input_is_refused_before_any_work(fleet, prefect_env):
+    from flows.speedrun import speedrun
+
+    origin, cpu, gpu, store, workers, root = fleet
+    lock_before = (cpu / "dvc.lock").exists()
+
+    def refused(**kw) -> str:
+        state = speedrun(workspace=str(cpu), return_state=True, **kw)
+        assert state.is_failed() and "\n" not in state.message and "Traceback" not in state.message, state.message
+        return state.message
+
+    with edited(cpu, "flow.remote=nope"):
+        said = refused()
+    assert "flow.remote: 'nope' is not a DVC remote" in said and "dvc remote add" in said
+    said = refused()  # nothing deployed yet
+    assert "deployment speedrun-stage/cpu does not exist" in said and "gptpipe deploy" in said
+    sh([sys.executable, "-m", "gptpipe.cli", "deploy"], cpu, env=prefect_env)
+    with edited(cpu, "resources.gpus={pretrian: 1}"):
+        said = refused()
+    assert "resources.gpus" in said and "pretrian" in said
+    with edited(cpu, "flow.worker_timeout_s=3"):
+        said = refused(stages=["pretrain"])  # its pool, gptpipe-gpu, has no worker yet
+    assert "no worker on work pool gptpipe-gpu after 3 s" in said and "gptpipe worker --pool gptpipe-gpu" in said
+    assert (cpu / "dvc.lock").exists() == lock_before and not any(store.iterdir()), "bad input did some work"
+
+
+def test_stages_run_on_the_pool_of_their_resource_class(built, fleet):
+    from flows.repro import read_graph
+    from gptpipe.config import load_params
+
+    origin, cpu, gpu, store, workers, root = fleet
+    state, since = built
+    assert state.is_completed(), state.message
+    g = read_graph(cpu)
+    assert state.result() == {s: "ran" for s in g}
+    gpus = load_params(cpu / "params.yaml").resources.gpus
+    runs = children(since)
+    assert sorted(runs) == sorted(g)
+    for stage, run in runs.items():  # Prefect's own record of where each stage ran
+        pool, clone = ("gptpipe-gpu", gpu) if stage in gpus else ("gptpipe-cpu", cpu)
+        assert (run.work_pool_name, run.state.name, where(run)) == (pool, "Ran", str(clone)), stage
+    assert (cpu / "reports" / "index.html").is_file() and "bits/byte" in (cpu / "reports" / "report.md").read_text()
+    assert not (gpu / "reports" / "index.html").exists()
+    assert set(yaml.safe_load((cpu / "dvc.lock").read_text())["stages"]) == set(g)  # the whole record, here
+    store_is_whole(store)
+
+
+def test_second_run_restores_or_skips_every_stage(built, fleet):
+    from flows.speedrun import speedrun
+
+    origin, cpu, gpu, store, workers, root = fleet
+    state = speedrun(workspace=str(cpu), return_state=True)
+    assert state.is_completed(), state.message
+    assert set(state.result().values()) <= {"skipped", "restored"}, state.result()
+
+
+def test_a_fresh_clone_with_the_remote_has_nothing_to_run(built, fleet):
+    origin, cpu, gpu, store, workers, root = fleet
+    git(cpu, "add", "dvc.lock")  # dvc.lock is the index of what the remote holds: it travels by git
+    git(cpu, "commit", "-qm", "the pipeline's dvc.lock")
+    fresh = root / "fresh"
+    git(root, "clone", "-q", str(cpu), str(fresh))
+    dvc(fresh, "pull")
+    out = dvc(fresh, "repro").stdout
+    assert "Running stage" not in out and "Data and pipelines are up to date" in out, out
+    assert (fresh / "reports" / "report.md").read_bytes() == (cpu / "reports" / "report.md").read_bytes()
+
+
+def test_a_worker_killed_mid_stage(built, fleet, prefect_env):
+    origin, cpu, gpu, store, workers, root = fleet
+    locks = {c: yaml.safe_load((c / "dvc.lock").read_text()) for c in (cpu, gpu)}
+    since = datetime.now(timezone.utc)
+    log = root / "killed-run.log"
+    # Every clone has the same params (the children check): a short wait for a worker of the pool, for the kill.
+    with edited(cpu, "flow.worker_timeout_s=10"), edited(gpu, "flow.worker_timeout_s=10"):
+        parent = subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "flow", "run", "--workspace", str(cpu),
+                                   "--stage", "pretrain", "--force", "pretrain"], cwd=cpu, env=prefect_env,
+                                  stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+        def started():  # the stage's temporary output exists: it is training
+            return parent.poll() is not None or list((gpu / "models").glob(".base.tmp-*"))
+
+        wait_for("pretrain to start on the gpu worker", started, timeout=180, every=0.2)
+        assert parent.poll() is None, log.read_text()[-3000:]
+        stop(workers.pop("gptpipe-gpu"))  # Ctrl-C to the worker and its flow runs, then SIGKILL: a box going down
+        # Nobody reports the child's end: the parent notices its pool has no worker online and marks it crashed.
+        assert parent.wait(120) != 0, log.read_text()[-3000:]
+    child = children(since)["pretrain"]
+    assert child.state.is_crashed() or child.state.is_failed(), child.state
+    assert "no worker online" in log.read_text() or child.state.is_failed(), log.read_text()[-3000:]
+    for c, before in locks.items():
+        assert yaml.safe_load((c / "dvc.lock").read_text()) == before, f"dvc.lock of {c} changed"
+    assert not [p for p in (gpu / "models").iterdir() if ".tmp" in p.name], "a half-written model is left"
+    store_is_whole(store)
+
+    workers["gptpipe-gpu"] = start_worker(gpu, "gptpipe-gpu", prefect_env, root / "gpu-worker.log")
+    rerun = subprocess.run(parent.args, cwd=cpu, env=prefect_env, capture_output=True, text=True)
+    assert rerun.returncode == 0 and re.search(r"pretrain\s+ran", rerun.stdout), rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "up to date" in dvc(gpu, "status", "pretrain").stdout
+    store_is_whole(store)
