@@ -90,34 +90,10 @@ class GPT(nn.Module):
         return self.head(self.norm(x))
 
 
-def reference_tokens_per_s(cfg, t, proc, data, steps) -> float:
-    torch.manual_seed(0)
-    model = GPT(cfg, t.seq_len).to(proc.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, fused=proc.device.type == "cuda")
-    fwd = torch.compile(model) if t.compile else model
-    accum = t.total_batch_tokens // (t.batch_size * t.seq_len)
-    timed, secs = 0, 0.0
-    for step in range(steps):
-        t0 = time.perf_counter()
-        for micro in range(accum):
-            x, y = data.sample(t.batch_size, t.seq_len, np.random.default_rng([step, micro]))
-            x, y = x.to(proc.device), y.to(proc.device)
-            with loop.autocast(t, proc.device):
-                loss = F.cross_entropy(fwd(x).float().flatten(0, 1), y.flatten()) / accum
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        float(loss.detach())
-        if proc.device.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= 2:
-            timed, secs = timed + t.total_batch_tokens, secs + time.perf_counter() - t0
-    return timed / secs
-
-
-def reference_in_time(cfg, t, proc, data: Shards, seconds: float, lr: float) -> tuple[nn.Module, dict]:
-    """The reference loop for `seconds` of wall time: AdamW on every parameter, warmup then cosine over time."""
+def reference(cfg, t, proc, data: Shards, lr: float, *, steps: int | None = None,
+              seconds: float | None = None) -> tuple[nn.Module, dict]:
+    """The reference loop, AdamW on every parameter: `steps` steps at a flat lr (speed), or `seconds` of wall time,
+    model build and compile included, with warmup then cosine over the time (quality). -> (model, stats)"""
     t0 = time.perf_counter()
     torch.manual_seed(t.seed)
     model = GPT(cfg, t.seq_len).to(proc.device)
@@ -126,12 +102,11 @@ def reference_in_time(cfg, t, proc, data: Shards, seconds: float, lr: float) -> 
     fwd = torch.compile(model) if t.compile else model
     accum = t.total_batch_tokens // (t.batch_size * t.seq_len)
     step, timed, secs = 0, 0, 0.0
-    while (elapsed := time.perf_counter() - t0) < seconds:
-        frac = elapsed / seconds
-        scale = min(1.0, (step + 1) / t.warmup_steps) * \
-            (t.min_lr_frac + (1 - t.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
-        for g in opt.param_groups:
-            g["lr"] = lr * scale
+    while step < steps if seconds is None else (elapsed := time.perf_counter() - t0) < seconds:
+        if seconds is not None:
+            for g in opt.param_groups:
+                g["lr"] = lr * min(1.0, (step + 1) / t.warmup_steps) * \
+                    (t.min_lr_frac + (1 - t.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * elapsed / seconds)))
         t1 = time.perf_counter()
         for micro in range(accum):
             x, y = data.sample(t.batch_size, t.seq_len, np.random.default_rng([t.seed, step, micro]))
@@ -143,7 +118,9 @@ def reference_in_time(cfg, t, proc, data: Shards, seconds: float, lr: float) -> 
         opt.step()
         opt.zero_grad(set_to_none=True)
         float(loss.detach())
-        if step >= 2:
+        if proc.device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= 2:  # after compile's warm-up steps
             timed, secs = timed + t.total_batch_tokens, secs + time.perf_counter() - t1
         step += 1
     return model, {"steps": step, "seconds": time.perf_counter() - t0, "tokens_per_s": timed / max(secs, 1e-9)}
@@ -190,7 +167,7 @@ def equal_time(p, proc, seconds: float | None, ref_lr: float) -> None:
         from transformers import LlamaForCausalLM
         our_bpb = evaluate.bpb_model(LlamaForCausalLM.from_pretrained(Path(tmp, "model")), val, token_bytes, whole,
                                      proc.device)
-        ref, r = reference_in_time(cfg, t, proc, Shards(tokens, "train"), seconds or wall, ref_lr)
+        ref, r = reference(cfg, t, proc, Shards(tokens, "train"), ref_lr, seconds=seconds or wall)
         ref_bpb = evaluate.bpb_model(AsCausalLM(ref, t.seq_len), val, token_bytes, whole, proc.device)
 
     print(f"\ndevice {proc.label}, depth {p.model.depth}, width {cfg.hidden_size}, seq {t.seq_len}, "
@@ -244,7 +221,7 @@ def main():
         m = loop.train(model, t, proc, loop.Run("bench", batch_fn, list(data.windows(t.seq_len, 4 * t.seq_len)),
                                                 args.steps * t.total_batch_tokens, Path(tmp) / "ck", "bench", fpt, peak))
         ours = m["tokens_per_s"]
-        ref = reference_tokens_per_s(cfg, t, proc, data, args.steps)
+        ref = reference(cfg, t, proc, data, t.lr, steps=args.steps)[1]["tokens_per_s"]
 
     mem = torch.cuda.max_memory_allocated() / 2**30 if proc.device.type == "cuda" else float("nan")
     print(f"\ndevice {proc.label}, depth {p.model.depth}, width {cfg.hidden_size}, seq {t.seq_len}, "
