@@ -386,6 +386,12 @@ class Params(Section):
     # The one default kept in code: params.yaml files written before it existed stay valid, and safe.
     allow_outside_paths: bool = False
 
+    def made_with(self, *sections: str) -> dict:
+        """These sections as a checkpoint's key (and the wandb run) record them: all but where nodes meet (MEETING),
+        which never changes the bytes, so a killed multi-node run resumes after node 0 moves."""
+        return self.model_dump(include=set(sections),
+                               exclude={s: MEETING for s in sections if isinstance(getattr(self, s), Train)})
+
     @model_validator(mode="after")
     def _final_model(self):
         if Path("dvc.yaml").exists():  # in a workspace: a model some stage makes (gptpipe/artifacts.py)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from gptpipe import ckpt, loop
-from gptpipe.config import MEETING, Params
+from gptpipe.config import Params
 from gptpipe.dist import Proc
 from gptpipe.errors import UserError
 from gptpipe.io import read_jsonl
@@ -47,7 +47,7 @@ def run(p: Params, proc: Proc, *, base: Path, tokens: Path, conversations: Path,
             parts.append(corpus.sample(t.batch_size - n_chat, t.seq_len, rng))
         return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
-    config = p.model_dump(include={"midtrain"}, exclude={"midtrain": MEETING})  # node 0 may move
+    config = p.made_with("midtrain")
     run = loop.Run("midtrain", batch_fn, list(val.windows(t.seq_len, t.eval_tokens)), t.budget(model.num_parameters()),
                    ckpt_root, ckpt.key(config, tokens / META, base / "model.safetensors", conversations),
                    flops_per_token(model.config, t.seq_len), p.device.peak_flops, p.wandb, config)

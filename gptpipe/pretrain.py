@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from gptpipe import ckpt, loop
-from gptpipe.config import MEETING, Params
+from gptpipe.config import Params
 from gptpipe.dist import Proc
 from gptpipe.errors import UserError
 from gptpipe.model import count_params, flops_per_token, llama_config, save
@@ -45,7 +45,7 @@ def run(p: Params, proc: Proc, *, tokens: Path, tokenizer: Path, out: Path | Non
         rng = np.random.default_rng([t.seed, step, micro, proc.rank])
         return train_data.sample(t.batch_size, t.seq_len, rng)
 
-    config = p.model_dump(include={"model", "pretrain"}, exclude={"pretrain": MEETING})  # node 0 may move
+    config = p.made_with("model", "pretrain")
     run = loop.Run("pretrain", batch_fn, list(val_data.windows(t.seq_len, t.eval_tokens)), total_tokens, ckpt_root,
                    ckpt.key(config, tokens / META), fpt, p.device.peak_flops, p.wandb, config)
     metrics = loop.train(model, t, proc, run)

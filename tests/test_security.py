@@ -20,7 +20,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from gptpipe import ckpt, dist, loop, model, pretrain, tasks
-from gptpipe.config import MEETING, Device, load_params
+from gptpipe.config import Device, load_params
 from gptpipe.errors import UserError
 from gptpipe.post import common, reward, sft
 from gptpipe.shards import META, Shards
@@ -131,8 +131,7 @@ def test_malicious_checkpoint_is_refused_where_pretrain_resumes(micro_data, tmp_
     monkeypatch.chdir(tmp_path)
     # A checkpoint the resume code will pick: right params key, valid safetensors, poisoned optimizer state.
     train = Shards(dirs["tokens"], "train")
-    config = p.model_dump(include={"model", "pretrain"}, exclude={"pretrain": MEETING})  # as gptpipe.pretrain keys it
-    key = ckpt.key(config, dirs["tokens"] / META)
+    key = ckpt.key(p.made_with("model", "pretrain"), dirs["tokens"] / META)
     m = LlamaForCausalLM(model.llama_config(p.model, train.vocab_size))
     step = ckpt.save(tmp_path / "ck", 20, m, loop.make_optimizer(m, p.pretrain, torch.device("cpu")),
                      {"key": key, "history": []})
