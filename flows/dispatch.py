@@ -95,11 +95,7 @@ def wait_for_worker(pool: str, timeout_s: float, log) -> None:
             time.sleep(1)
 
 
-def worth_retrying(task, task_run, state) -> bool:
-    return not getattr(state.data, "bad_input", False)
-
-
-@task(task_run_name="{stage}", cache_policy=NO_CACHE, retry_condition_fn=worth_retrying)
+@task(task_run_name="{stage}", cache_policy=NO_CACHE, retry_condition_fn=repro.worth_retrying)
 def dispatch(stage: str, deployment: str, pool: str, parameters: dict, env: dict, timeout_s: float):
     """Start the stage's child flow run on its pool and wait for it; its state becomes this task's."""
     log = get_run_logger()
@@ -180,14 +176,13 @@ def speedrun_stage(stage: str, remote_name: str, entries: dict, expected: dict, 
     log = get_run_logger()
     ws = CHECKOUT
     worker = os.environ.get("PREFECT__WORKER_NAME", "no worker")
-    say = lambda line: (log.error if line[:5].lower() == "error" else log.info)(line)  # noqa: E731
     try:
         with workspace_lock(ws, holder_line(), flow_settings(ws).lock_timeout_s, on_wait=log.warning):
             if profile:
                 repro.use_profile(ws, profile, log=log.info)
             remote.check_same(ws, expected, origin)
             t0, spent = time.perf_counter(), {}
-            outcome = remote.repro_shared(ws, stage, force, remote_name, entries, log=say, spent=spent)
+            outcome = remote.repro_shared(ws, stage, force, remote_name, entries, log=repro.by_level(log), spent=spent)
             lock = remote.read_lock(ws)[stage]
     except (UserError, repro.StageFailed) as e:
         log.error(str(e))

@@ -1,7 +1,7 @@
 """The DVC side of the flow: the stage graph, a dry-run plan, and one `dvc repro -s STAGE` with its output streamed.
 
 DVC decides what is up to date (content hashes of deps, params and outs against dvc.lock); this module only
-asks it, stage by stage, and tells from its output whether a stage ran. Nothing here knows Prefect, and
+asks it, stage by stage, and tells from its output whether a stage ran. Nothing here imports Prefect, and
 nothing here knows what a stage computes.
 """
 
@@ -28,6 +28,18 @@ class StageFailed(Exception):
         self.stage, self.returncode = stage, returncode
         self.bad_input = any(re.search(r"exited with 2\b", line) for line in tail)
         super().__init__(f"stage {stage!r} failed (dvc repro exited {returncode}):\n  " + "\n  ".join(tail))
+
+
+def worth_retrying(task, task_run, state) -> bool:
+    """A Prefect retry condition: retry what may pass next time (a lost GPU, an OOM, a preempted node), not bad
+    input, which fails the same way again (a failure whose `bad_input` is set)."""
+    return not getattr(state.data, "bad_input", False)
+
+
+def by_level(log) -> Callable[[str], None]:
+    """A line sink for `repro`: DVC's and our stages' error lines ("ERROR: ...", "error [stage]: ...") to
+    log.error, the rest to log.info."""
+    return lambda line: (log.error if line[:5].lower() == "error" else log.info)(line)
 
 
 def workspace_path(path: str | Path) -> Path:

@@ -42,24 +42,16 @@ def flow_settings(ws: Path, section: str = "flow", model=Flow):
         raise UserError(format_errors(e, f"{ws}/params.yaml, section {section}")) from None
 
 
-def worth_retrying(task, task_run, state) -> bool:
-    """Retry what may pass next time (a lost GPU, an OOM, a preempted node); bad input fails the same way again."""
-    return not getattr(state.data, "bad_input", False)
-
-
-@task(task_run_name="{stage}", cache_policy=NO_CACHE, retry_condition_fn=worth_retrying)
+@task(task_run_name="{stage}", cache_policy=NO_CACHE, retry_condition_fn=repro.worth_retrying)
 def run_stage(workspace: str, stage: str, force: bool = False):
     # NO_CACHE: DVC is the cache. Prefect must ask it every time, never skip a stage on its own.
     log = get_run_logger()
     t0 = time.perf_counter()
-    def say(line: str) -> None:  # DVC's and our stages' error lines start with "ERROR:" / "error [stage]:"
-        (log.error if line[:5].lower() == "error" else log.info)(line)
-
     try:
-        outcome = repro.repro(Path(workspace), stage, force, log=say)
+        outcome = repro.repro(Path(workspace), stage, force, log=repro.by_level(log))
     except repro.StageFailed as e:
         # The stage's own error is in the log already: fail with it, not with a traceback of this module.
-        # (A returned Failed state is retried like a raised exception, after `worth_retrying` agrees.)
+        # (A returned Failed state is retried like a raised exception, after `repro.worth_retrying` agrees.)
         log.error(str(e))
         return Failed(message=str(e), data=e)
     said = {repro.RAN: f"ran in {time.perf_counter() - t0:.1f} s", repro.SKIPPED: "up to date, DVC skipped it",
