@@ -145,7 +145,7 @@ def equal_time(p, proc, seconds: float | None, ref_lr: float) -> None:
     token_bytes = torch.tensor(tokenizer.token_bytes(tokenizer.load(tok_dir)))
     whole = SimpleNamespace(tokens=None, batch_size=16)  # what bpb_model reads of evaluate params: the whole split
     cfg = llama_config(p.model, val.vocab_size)
-    fpt, peak, t = flops_per_token(cfg, p.pretrain.seq_len), p.device.peak_flops, p.pretrain
+    fpt, peak, t = flops_per_token(cfg, p.pretrain.seq_len), dist.peak_flops(p.device), p.pretrain
 
     def ours(q, tmp: Path) -> tuple[float, dict]:
         t0 = time.perf_counter()
@@ -204,7 +204,7 @@ def main():
         return equal_time(p, proc, args.seconds, args.ref_lr)
     cfg = llama_config(p.model, p.tokenizer.vocab_size)
     fpt = flops_per_token(cfg, t.seq_len)
-    peak = p.device.peak_flops
+    peak = dist.peak_flops(p.device)
 
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # the loop writes plots/ and logs/: keep them out of the workspace

@@ -307,7 +307,7 @@ class RL(Post):
 class Device(Section):
     type: Literal["auto", "cpu", "cuda"]
     threads: int | None = Field(ge=1)        # torch CPU threads; null = torch's default
-    peak_flops: float = Field(gt=0)          # per device, FLOP/s, for MFU (H100 bf16 dense: 989e12)
+    peak_flops: float | None = Field(gt=0)   # per device, FLOP/s, for MFU (H100 bf16 dense: 989e12); null = this CPU's
 
 
 class Evaluate(Section):

@@ -104,6 +104,30 @@ def wants_cuda(d: Device) -> bool:
     return d.type == "cuda" or (d.type == "auto" and torch.cuda.is_available())
 
 
+# fp32 FLOP per cycle per core, by the vector unit torch dispatches to: two FMA pipes x lanes x 2 (multiply, add)
+FLOP_PER_CYCLE = {"AVX512": 64, "AVX2": 32}
+
+
+def peak_flops(d: Device) -> float:
+    """device.peak_flops, or (null) an estimate of this CPU's fp32 peak for the threads torch uses: threads x FLOP per
+    cycle x clock. An estimate: AMD cores before Zen 5 run AVX-512 at AVX2's width, and clocks move under load."""
+    if d.peak_flops:
+        return d.peak_flops
+    if wants_cuda(d):
+        raise UserError("device.peak_flops is null, which estimates a CPU's peak only: set it to your GPU's dense "
+                        "bf16 FLOP/s in params.yaml (H100/H200: 9.89e14)")
+    return torch.get_num_threads() * FLOP_PER_CYCLE.get(torch.backends.cpu.get_cpu_capability(), 8) * cpu_hz()
+
+
+def cpu_hz() -> float:
+    """The CPU's clock as Linux reports it (/proc/cpuinfo), else 3 GHz."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(float(line.split(":")[1]) * 1e6 for line in f if line.startswith("cpu MHz"))
+    except (OSError, StopIteration, ValueError):
+        return 3e9
+
+
 def setup(d: Device, join: bool = True) -> Proc:
     """Pick the device and, launched by torchrun and asked to `join`, join the process group."""
     use_cuda = wants_cuda(d)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptpipe import ckpt, loop
+from gptpipe import ckpt, dist, loop
 from gptpipe.config import Params
 from gptpipe.dist import Proc
 from gptpipe.errors import UserError
@@ -50,7 +50,7 @@ def run(p: Params, proc: Proc, *, base: Path, tokens: Path, conversations: Path,
     config = p.made_with("midtrain")
     run = loop.Run("midtrain", batch_fn, list(val.windows(t.seq_len, t.eval_tokens)), t.budget(model.num_parameters()),
                    ckpt_root, ckpt.key(config, tokens / META, base / "model.safetensors", conversations),
-                   flops_per_token(model.config, t.seq_len), p.device.peak_flops, p.wandb, config)
+                   flops_per_token(model.config, t.seq_len), dist.peak_flops(p.device), p.wandb, config)
     metrics = loop.train(model, t, proc, run)
     if out is not None and proc.main:
         save(model, tok, out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gptpipe import dist
 from gptpipe.config import Model
 from gptpipe.model import count_params, flops_per_token, llama_config
 
@@ -57,7 +58,7 @@ def from_params(p, gpu: str = "h100", mfu: float = 0.4, price: float | None = No
     cfg = llama_config(p.model, p.tokenizer.vocab_size)
     t = p.pretrain
     tokens = t.budget(count_params(cfg)["total"])
-    return estimate(cfg, tokens, t.seq_len, t.nnodes * t.nproc, p.device.peak_flops, mfu,
+    return estimate(cfg, tokens, t.seq_len, t.nnodes * t.nproc, dist.peak_flops(p.device), mfu,
                     price if price is not None else GPUS[gpu][1] if gpu in GPUS else 0.0)
 
 

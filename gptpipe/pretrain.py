@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from gptpipe import ckpt, loop
+from gptpipe import ckpt, dist, loop
 from gptpipe.config import Params
 from gptpipe.dist import Proc
 from gptpipe.errors import UserError
@@ -47,7 +47,7 @@ def run(p: Params, proc: Proc, *, tokens: Path, tokenizer: Path, out: Path | Non
 
     config = p.made_with("model", "pretrain")
     run = loop.Run("pretrain", batch_fn, list(val_data.windows(t.seq_len, t.eval_tokens)), total_tokens, ckpt_root,
-                   ckpt.key(config, tokens / META), fpt, p.device.peak_flops, p.wandb, config)
+                   ckpt.key(config, tokens / META), fpt, dist.peak_flops(p.device), p.wandb, config)
     metrics = loop.train(model, t, proc, run)
     if out is not None and proc.main:
         save(model, tok, out)

@@ -60,13 +60,14 @@ def test_nodes_times_gpus_per_node():
 
 
 def test_plan_from_params_uses_the_pretrain_budget_and_processes():
+    from gptpipe import dist
     from gptpipe.config import load_params
     from gptpipe.plan import from_params
 
     p = load_params(REPO / "params.yaml", ["pretrain.tokens=1000000"])
     x = from_params(p, mfu=0.5)
     assert x.tokens == 1_000_000
-    assert x.hours == pytest.approx(x.flops / (p.device.peak_flops * p.pretrain.nproc * 0.5) / 3600)
+    assert x.hours == pytest.approx(x.flops / (dist.peak_flops(p.device) * p.pretrain.nproc * 0.5) / 3600)
     p = load_params(REPO / "params.yaml", ["pretrain.tokens=null"])
     assert from_params(p).tokens == int(p.pretrain.token_ratio * from_params(p).params)
 
@@ -82,3 +83,22 @@ def test_switching_to_a_gpu_profile_prints_what_it_costs(tmp_path):
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr
     assert "562M params" in r.stdout and "on 8x h100 at 40% MFU" in r.stdout and "~$" in r.stdout
+
+
+def test_peak_flops_is_set_or_this_cpus():
+    import torch
+
+    from gptpipe import dist
+    from gptpipe.config import Device
+
+    assert dist.peak_flops(Device(type="cpu", threads=None, peak_flops=9.89e14)) == 9.89e14
+    cpu = Device(type="cpu", threads=None, peak_flops=None)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = dist.peak_flops(cpu)
+        torch.set_num_threads(2)
+        assert dist.peak_flops(cpu) == pytest.approx(2 * one)  # per thread torch computes on
+    finally:
+        torch.set_num_threads(threads)
+    assert 4e9 < one < 4e11  # 8 to 64 fp32 FLOP per cycle at 0.5 to 6 GHz
