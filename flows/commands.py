@@ -59,6 +59,7 @@ def worker(args) -> None:
     # Flow runs start in a throwaway folder; the deployments' pull step moves them to $GPTPIPE_HOME (this checkout).
     # GPTPIPE_CHECKOUT: the stage deployments (flow.remote set) run in the checkout of the worker that takes them.
     e = env() | {"GPTPIPE_HOME": str(ROOT), "GPTPIPE_CHECKOUT": str(ROOT)}
-    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "worker", "start", "--pool", args.pool, "--type", "process"]
+    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "worker", "start", "--pool", args.pool, "--type", "process",
+           *(["--limit", str(args.limit)] if args.limit else [])]
     print("+", " ".join(["prefect", *cmd[3:]]), f"(GPTPIPE_HOME={ROOT})", flush=True)
     os.execve(sys.executable, cmd, e)  # the worker takes this process: signals reach it directly

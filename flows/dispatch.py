@@ -26,14 +26,16 @@ from prefect.states import Cancelled, Completed, Crashed, Failed
 
 from flows import remote, repro
 from flows.lock import workspace_lock
-from gptpipe.config import Flow, Resources
+from gptpipe.config import Flow, Resources, read_yaml
 from gptpipe.errors import UserError
 
 CHECKOUT = Path(__file__).resolve().parents[1]  # a worker's pull step moves the run into its own checkout first
+NODE_RANK = "GPTPIPE_NODE_RANK"  # gptpipe.dist's: which machine of a multi-node stage (not imported: torch)
 DEPLOYMENT = "speedrun-stage/{}"  # one per resource class, in flows/prefect.yaml
 DISPATCH_LOCK = ".dvc/tmp/gptpipe-dispatch.lock"  # not the workspace lock: a child may run a stage in this checkout
 STATE_NAMES = {repro.RAN: "Ran", repro.SKIPPED: "Skipped", repro.CACHED: "Cached", remote.RESTORED: "Restored"}
 OUTCOMES = {v: k for k, v in STATE_NAMES.items()}
+WORKER_TAG = "worker:"  # a child tags its flow run with the worker that runs it, for the parent to watch
 BAD_INPUT = "BadInput"  # a child's Failed state with this name fails the same way again: not retried
 
 
@@ -47,6 +49,13 @@ def resource_class(resources: Resources, stage: str) -> str:
     return "gpu" if stage in resources.gpus else "cpu"
 
 
+def nodes(ws: Path, stage: str) -> int:
+    """The machines the stage spans: its section's `nnodes` (pretrain, midtrain), else 1. The stage checks the value."""
+    section = read_yaml(ws / "params.yaml").get(stage)
+    n = section.get("nnodes", 1) if isinstance(section, dict) else 1
+    return n if isinstance(n, int) and n > 1 else 1
+
+
 # ---------------------------------------------------------------- the parent: checks, then one child per stage
 def preflight(ws: Path, settings: Flow, resources: Resources, graph: dict, chosen: list[str], log) -> dict:
     """Everything that would fail later, refused now in one line each: {class: (deployment name, pool, its env)}."""
@@ -54,10 +63,11 @@ def preflight(ws: Path, settings: Flow, resources: Resources, graph: dict, chose
     if unknown := sorted(set(resources.gpus) - set(graph)):
         raise UserError(f"resources.gpus in {ws}/params.yaml names {', '.join(unknown)}, not a stage of dvc.yaml "
                         f"(stages: {', '.join(graph)}): fix the name or drop it")
-    targets = {}
+    targets, need = {}, {}
     with get_client(sync_client=True) as c:
         for stage in chosen:
             cls = resource_class(resources, stage)
+            need[cls] = max(need.get(cls, 1), nodes(ws, stage))
             if cls in targets:
                 continue
             name = DEPLOYMENT.format(cls)
@@ -67,51 +77,70 @@ def preflight(ws: Path, settings: Flow, resources: Resources, graph: dict, chose
                 raise UserError(f"stage {stage!r} runs on resource class {cls} (resources.gpus in params.yaml), but "
                                 f"deployment {name} does not exist: run `gptpipe deploy` (flows/prefect.yaml)") from None
             targets[cls] = (name, d.work_pool_name, (d.job_variables or {}).get("env", {}))
-    for name, pool, _ in targets.values():
-        wait_for_worker(pool, settings.worker_timeout_s, log)
+    for cls, (name, pool, _) in targets.items():
+        wait_for_worker(pool, settings.worker_timeout_s, log, need[cls])
     return targets
 
 
-def online(c, pool: str) -> bool:
-    return any(w.status.value == "ONLINE" for w in c.read_workers_for_work_pool(pool))
+def online(c, pool: str) -> int:
+    """How many workers of the pool are online."""
+    return sum(w.status.value == "ONLINE" for w in c.read_workers_for_work_pool(pool))
 
 
-def wait_for_worker(pool: str, timeout_s: float, log) -> None:
+def runner_online(c, pool: str, tags: list[str]) -> bool:
+    """The worker running a child (the one its `worker:NAME` tag names) is online; before the child has tagged
+    itself, any worker of the pool. Prefect marks a worker offline after 3 missed heartbeats."""
+    mine = {t.removeprefix(WORKER_TAG) for t in tags if t.startswith(WORKER_TAG)}
+    return any(w.status.value == "ONLINE" and (not mine or w.name in mine) for w in c.read_workers_for_work_pool(pool))
+
+
+def wait_for_worker(pool: str, timeout_s: float, log, need: int = 1) -> None:
+    """Until `need` workers of the pool are online (a stage on N machines needs one per machine)."""
     deadline, said = time.monotonic() + timeout_s, False
     with get_client(sync_client=True) as c:
         while True:
             try:
-                if online(c, pool):
+                if (n := online(c, pool)) >= need:
                     return
             except ObjectNotFound:
                 raise UserError(f"work pool {pool} does not exist: `prefect work-pool create {pool} --type process`, "
                                 f"then start a worker on it (`gptpipe worker --pool {pool}`)") from None
             if time.monotonic() > deadline:
+                if need > 1:
+                    raise UserError(f"{n} of the {need} workers a stage on {need} machines (nnodes) needs are online on "
+                                    f"work pool {pool} after {timeout_s:.0f} s: start one on each machine "
+                                    f"(`gptpipe worker --pool {pool} --limit 1`), or raise flow.worker_timeout_s")
                 raise UserError(f"no worker on work pool {pool} after {timeout_s:.0f} s: start one in a checkout on "
                                 f"that machine (`gptpipe worker --pool {pool}`), or raise flow.worker_timeout_s")
             if not said:
-                log.warning(f"waiting up to {timeout_s:.0f} s for a worker on pool {pool}")
+                log.warning(f"waiting up to {timeout_s:.0f} s for {need} worker(s) on pool {pool}")
                 said = True
             time.sleep(1)
 
 
-@task(task_run_name="{stage}", cache_policy=NO_CACHE, retry_condition_fn=repro.worth_retrying)
-def dispatch(stage: str, deployment: str, pool: str, parameters: dict, env: dict, timeout_s: float):
-    """Start the stage's child flow run on its pool and wait for it; its state becomes this task's."""
+def run_name(stage: str, node: int) -> str:
+    return f"{stage}-node{node}" if node else stage
+
+
+@task(task_run_name="{name}", cache_policy=NO_CACHE, retry_condition_fn=repro.worth_retrying)
+def dispatch(name: str, deployment: str, pool: str, parameters: dict, env: dict, timeout_s: float):
+    """Start the stage's child flow run (named `name`) on its pool and wait for it; its state becomes this task's."""
     log = get_run_logger()
+    stage = parameters["stage"]
     with get_client(sync_client=True) as c:
         d = c.read_deployment_by_name(deployment)
-        run = c.create_flow_run_from_deployment(d.id, parameters=parameters, name=stage, job_variables={"env": env},
+        run = c.create_flow_run_from_deployment(d.id, parameters=parameters, name=name, job_variables={"env": env},
                                                 parent_task_run_id=TaskRunContext.get().task_run.id)
-        log.info(f"{stage}: flow run {run.name} ({run.id}) on {deployment}, pool {pool}")
+        log.info(f"{name}: flow run {run.name} ({run.id}) on {deployment}, pool {pool}")
         deadline = time.monotonic() + timeout_s
-        while not (state := c.read_flow_run(run.id).state).is_final():
-            if state.is_running() and online(c, pool):
-                deadline = time.monotonic() + timeout_s  # a worker is there: wait as long as the stage takes
-            elif time.monotonic() > deadline:  # nobody took it, or every worker of the pool died while it ran
+        while not (state := (now := c.read_flow_run(run.id)).state).is_final():
+            if state.is_running() and runner_online(c, pool, now.tags):
+                deadline = time.monotonic() + timeout_s  # its worker is there: wait as long as the stage takes
+            elif time.monotonic() > deadline:  # nobody took it, or the worker running it died
                 running = state.is_running()
-                why = (f"stage {stage!r}: " + (f"pool {pool} has had no worker online for {timeout_s:.0f} s while it "
-                       "ran (marked crashed)" if running else f"no worker of pool {pool} took it within {timeout_s:.0f} s")
+                why = (f"stage {stage!r}: " + (f"the worker running it on pool {pool} has been offline for "
+                       f"{timeout_s:.0f} s (marked crashed)" if running
+                       else f"no worker of pool {pool} took it within {timeout_s:.0f} s")
                        + f": start one (`gptpipe worker --pool {pool}` in a checkout on that machine) and run again, "
                        "or raise flow.worker_timeout_s")
                 c.set_flow_run_state(run.id, Crashed(message=why) if running else Cancelled(message=why), force=True)
@@ -124,7 +153,7 @@ def dispatch(stage: str, deployment: str, pool: str, parameters: dict, env: dict
             return Failed(message=why, data=ChildFailed(stage, why, retry=state.name != BAD_INPUT))
         found = c.read_artifacts(artifact_filter=_artifact_filter(run.id))
     info = json.loads(re.search(r"```json\n(.*)\n```", found[0].data, re.S).group(1))
-    said = f"{stage}: {OUTCOMES[state.name]} on pool {pool} by {info['worker']} in {info['workspace']}"
+    said = f"{name}: {OUTCOMES[state.name]} on pool {pool} by {info['worker']} in {info['workspace']}"
     log.info(said)
     return Completed(name=state.name, message=said, data=info)
 
@@ -154,10 +183,17 @@ def run(ws: Path, settings: Flow, resources: Resources, graph: dict, chosen: lis
                 entries = {s: ledger[s] for s in [*graph[stage], stage] if s in ledger}
                 parameters = dict(stage=stage, remote_name=settings.remote, entries=entries, force=stage in forced,
                                   profile=profile, expected=remote.fingerprint(ws), origin=str(ws))
-                state = send(stage, deployment, pool, parameters, env, settings.worker_timeout_s, return_state=True)
-                if state.is_failed():
+                # A stage on N machines: N children at once, one per worker, node k's with GPTPIPE_NODE_RANK=k
+                futures = [send.submit(run_name(stage, k), deployment, pool, {**parameters, "node": k},
+                                       {**env, NODE_RANK: str(k)}, settings.worker_timeout_s)
+                           for k in range(nodes(ws, stage))]
+                for f in futures:
+                    f.wait()
+                states = [f.state for f in futures]
+                failed = [s for s in states if s.is_failed()]
+                if failed:
                     log.error(f"{stage} failed; not run: {', '.join(chosen[i + 1:]) or 'none'}")
-                info = state.result()  # re-raises the child's error: the flow run fails with it
+                info = (failed or states)[0].result()  # re-raises the child's error: the flow run fails with it
                 ledger[stage] = made[stage] = info["lock"]
                 results[stage] = info["outcome"]
         finally:  # what the children made is recorded here, even when one failed: the next run hands it on
@@ -169,21 +205,29 @@ def run(ws: Path, settings: Flow, resources: Resources, graph: dict, chosen: lis
 # ---------------------------------------------------------------- the child: one stage in a worker's checkout
 @flow(name="speedrun-stage", flow_run_name="{stage}")
 def speedrun_stage(stage: str, remote_name: str, entries: dict, expected: dict, origin: str, force: bool = False,
-                   profile: str | None = None):
-    """One stage in this worker's checkout: dvc.lock entries in, inputs pulled, `dvc repro -s`, outputs pushed."""
+                   profile: str | None = None, node: int = 0):
+    """One stage in this worker's checkout: dvc.lock entries in, inputs pulled, `dvc repro -s`, outputs pushed.
+    Node `node` > 0 of a stage on several machines only pulls its inputs and runs its part (remote.join)."""
     from flows.speedrun import PUBLISH, flow_settings, holder_line
+
+    from prefect.runtime import flow_run
 
     log = get_run_logger()
     ws = CHECKOUT
     worker = os.environ.get("PREFECT__WORKER_NAME", "no worker")
+    with get_client(sync_client=True) as c:  # who runs this: the parent watches that worker, not just the pool
+        c.update_flow_run(flow_run.id, tags=[*flow_run.tags, WORKER_TAG + worker])
     try:
         with workspace_lock(ws, holder_line(), flow_settings(ws).lock_timeout_s, on_wait=log.warning):
             if profile:
                 repro.use_profile(ws, profile, log=log.info)
             remote.check_same(ws, expected, origin)
-            t0, spent = time.perf_counter(), {}
-            outcome = remote.repro_shared(ws, stage, force, remote_name, entries, log=repro.by_level(log), spent=spent)
-            lock = remote.read_lock(ws)[stage]
+            t0, spent, say = time.perf_counter(), {}, repro.by_level(log)
+            if node:  # one more machine of a multi-node stage: node 0's child records and pushes what it makes
+                outcome, lock = remote.join(ws, stage, node, force, remote_name, entries, log=say, spent=spent), None
+            else:
+                outcome = remote.repro_shared(ws, stage, force, remote_name, entries, log=say, spent=spent)
+                lock = remote.read_lock(ws)[stage]
     except (UserError, repro.StageFailed) as e:
         log.error(str(e))
         bad = isinstance(e, UserError) or getattr(e, "bad_input", False)

@@ -10,6 +10,7 @@ computed anywhere is not rerun), and otherwise lets DVC decide as always. Nothin
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import subprocess
@@ -92,13 +93,18 @@ def inputs(ws: Path, stage: str) -> list[str]:
         return [d.def_path for d in st.deps if any(d.fs_path == m or d.fs_path.startswith(m + os.sep) for m in made)]
 
 
-def restorable(ws: Path, stage: str) -> bool:
-    """Its dvc.lock entry matches its command, inputs and params, but the outputs here are missing or others."""
+def settled(ws: Path, stage: str) -> tuple[bool, bool]:
+    """(its dvc.lock entry matches its command, inputs and params; its outputs here are missing or others)."""
     from dvc.repo import Repo
 
     with Repo(str(ws)) as repo, repo.lock:
         st = _find(repo, stage)
-        return bool(st.outs) and not st.changed_stage() and not st.changed_deps() and st.changed_outs()
+        return bool(st.outs) and not st.changed_stage() and not st.changed_deps(), st.changed_outs()
+
+
+def restorable(ws: Path, stage: str) -> bool:
+    """Computed somewhere (its dvc.lock entry matches), but the outputs here are missing or others."""
+    return all(settled(ws, stage))
 
 
 def dvc(ws: Path, args: list[str], log: Callable[[str], None], check: bool = True) -> int:
@@ -113,6 +119,12 @@ def dvc(ws: Path, args: list[str], log: Callable[[str], None], check: bool = Tru
     return r.returncode
 
 
+def pull_inputs(ws: Path, stage: str, remote: str, entries: dict[str, dict], log: Callable[[str], None]) -> None:
+    write_lock(ws, entries)
+    if paths := inputs(ws, stage):
+        dvc(ws, ["pull", "-r", remote, "--force", *paths], log)
+
+
 def repro_shared(ws: Path, stage: str, force: bool, remote: str, entries: dict[str, dict],
                  log: Callable[[str], None] = print, spent: dict | None = None) -> str:
     """Bring one stage up to date through the remote; return RAN, SKIPPED, CACHED or RESTORED.
@@ -123,9 +135,7 @@ def repro_shared(ws: Path, stage: str, force: bool, remote: str, entries: dict[s
     """
     spent = {} if spent is None else spent
     t0 = time.perf_counter()
-    write_lock(ws, entries)
-    if paths := inputs(ws, stage):
-        dvc(ws, ["pull", "-r", remote, "--force", *paths], log)
+    pull_inputs(ws, stage, remote, entries, log)
     restored = (not force and restorable(ws, stage)
                 and dvc(ws, ["pull", "-r", remote, "--force", stage], log, check=False) == 0)
     t1 = time.perf_counter()
@@ -135,3 +145,37 @@ def repro_shared(ws: Path, stage: str, force: bool, remote: str, entries: dict[s
         dvc(ws, ["push", "-r", remote, stage], log)  # a skipped stage too: the remote may not have it yet
     spent.update(pull=t1 - t0, repro=t2 - t1, push=time.perf_counter() - t2)
     return RESTORED if restored and outcome == repro.SKIPPED else outcome
+
+
+def join(ws: Path, stage: str, node: int, force: bool, remote: str, entries: dict[str, dict],
+         log: Callable[[str], None] = print, spent: dict | None = None) -> str:
+    """Node `node` (> 0) of a stage that spans machines (`nnodes` > 1): its inputs pulled, then the stage's own command
+    with GPTPIPE_NODE_RANK set, joining node 0's rendezvous; RAN, or SKIPPED when the entries say the stage is
+    computed (node 0 then skips or restores it, and would not come to the rendezvous).
+
+    Not `dvc repro`: only node 0 writes outputs, so DVC here would call them missing. Nothing is pushed.
+    """
+    from dvc.repo import Repo
+
+    from gptpipe.dist import NODE_RANK
+
+    spent = {} if spent is None else spent
+    t0 = time.perf_counter()
+    pull_inputs(ws, stage, remote, entries, log)
+    t1 = time.perf_counter()
+    if not force and settled(ws, stage)[0]:
+        log(f"{stage}: computed already (dvc.lock): node {node} has nothing to do")
+        spent.update(pull=t1 - t0, repro=0.0, push=0.0)
+        return repro.SKIPPED
+    with Repo(str(ws)) as r:
+        cmd = _find(r, stage).cmd
+    log(f"+ {NODE_RANK}={node} {cmd}")
+    proc = subprocess.Popen(cmd, shell=True, cwd=ws, env={**repro.stage_env(), NODE_RANK: str(node)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tail = collections.deque(repro.lines(proc, log), maxlen=12)
+    if proc.wait():
+        failed = repro.StageFailed(stage, proc.returncode, [f"node {node}: `{cmd}` exited {proc.returncode}", *tail])
+        failed.bad_input = proc.returncode == 2  # our stages' exit status on bad input
+        raise failed
+    spent.update(pull=t1 - t0, repro=time.perf_counter() - t1, push=0.0)
+    return repro.RAN

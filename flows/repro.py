@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from gptpipe.errors import UserError
 
@@ -118,12 +118,7 @@ def repro(ws: Path, stage: str, force: bool = False, log: Callable[[str], None] 
     log("+ " + " ".join(["dvc", *cmd[3:]]))
     proc = subprocess.Popen(cmd, cwd=ws, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     outcome, tail = SKIPPED, deque(maxlen=12)
-    for raw in proc.stdout:
-        # A progress bar redraws itself with \r: keep what a terminal would end up showing.
-        line = raw.decode(errors="replace").rstrip("\r\n").rsplit("\r", 1)[-1].rstrip()
-        if not line:
-            continue
-        log(line)
+    for line in lines(proc, log):
         if line.startswith(f"Running stage '{stage}'"):
             outcome = RAN
             tail.clear()  # an error message needs the stage's own lines, not DVC's checks before it
@@ -133,6 +128,16 @@ def repro(ws: Path, stage: str, force: bool = False, log: Callable[[str], None] 
     if proc.wait():
         raise StageFailed(stage, proc.returncode, list(tail))
     return outcome
+
+
+def lines(proc: subprocess.Popen, log: Callable[[str], None]) -> Iterator[str]:
+    """The process's output lines, each logged, as a terminal would end up showing them (a progress bar redraws
+    itself with \\r: its last state)."""
+    for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip("\r\n").rsplit("\r", 1)[-1].rstrip()
+        if line:
+            log(line)
+            yield line
 
 
 def check_profile(ws: Path, profile: str) -> None:

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     wk = sub.add_parser("worker", help="start a Prefect process worker on a work pool, running flows from this checkout")
     wk.set_defaults(func=cmd_prefect)
     wk.add_argument("--pool", required=True, help="e.g. gptpipe-cpu, gptpipe-gpu")
+    wk.add_argument("--limit", type=int, help="at most this many flow runs at once (1 on a box that is one node of a "
+                                              "multi-node stage, so each node's run lands on its own box)")
 
     hn = sub.add_parser("harness", help="run lm-evaluation-harness tasks on an HF model dir; rows go to the next report")
     hn.set_defaults(func=cmd_harness)

@@ -108,12 +108,16 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def prefect_env(tmp_path_factory):
     """Environment of everything Prefect in this test session: its own home, a free port, no analytics."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     e = dict(os.environ,
              PREFECT_HOME=str(tmp_path_factory.mktemp("prefect_home")),
              PREFECT_API_URL=f"http://127.0.0.1:{port}/api",

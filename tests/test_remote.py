@@ -26,7 +26,7 @@ stages:
       - a.txt:
           persist: true
   grow:
-    cmd: python -c "import os; os.makedirs('out', exist_ok=True); open('out/b.txt', 'w').write(open('a.txt').read().upper())"
+    cmd: python -c "import os; os.makedirs('out', exist_ok=True); open('out/b.txt', 'w').write(open('a.txt').read().upper() + os.environ.get('GPTPIPE_NODE_RANK', ''))"
     deps: [a.txt]
     outs:
       - out:
@@ -90,6 +90,20 @@ def test_a_stage_made_in_one_clone_is_restored_in_another(origin, tmp_path):
     (a / "params.yaml").write_text("word: cd\n")
     assert remote.repro_shared(a, "grow", False, "store", remote.read_lock(b)) == remote.RESTORED
     assert (a / "out" / "b.txt").read_text() == "CDCDCD"
+
+
+def test_another_node_pulls_the_inputs_runs_its_part_and_records_nothing(origin, tmp_path):
+    a, b, c = (clone(origin, tmp_path / x) for x in "abc")
+    assert remote.repro_shared(a, "make", False, "store", {}) == RAN
+    made, before = remote.read_lock(a), objects(tmp_path / "store")
+    # grow is computed nowhere yet: node 1 pulls what it reads and runs its command with GPTPIPE_NODE_RANK=1
+    assert remote.join(b, "grow", 1, False, "store", {"make": made["make"]}) == RAN
+    assert (b / "a.txt").read_text() == "ababab" and (b / "out" / "b.txt").read_text() == "ABABAB1"
+    assert objects(tmp_path / "store") == before and "grow" not in remote.read_lock(b)  # node 0's job, not its
+    # node 0 made it: handed that entry, another node has nothing to do (node 0 would skip or restore it too)
+    assert remote.repro_shared(a, "grow", False, "store", made) == RAN
+    assert remote.join(c, "grow", 1, False, "store", remote.read_lock(a)) == SKIPPED and not (c / "out").exists()
+    assert remote.join(c, "grow", 1, True, "store", remote.read_lock(a)) == RAN  # forced: every node runs
 
 
 def test_a_fresh_clone_with_only_the_remote_has_nothing_to_run(origin, tmp_path):

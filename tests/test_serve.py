@@ -3,7 +3,6 @@ not; 8 clients at once all get theirs; bad requests get a 4xx with a one-line me
 serving; the web page answers in headless Chromium with the model's text shown as text."""
 
 import json
-import socket
 import subprocess
 import time
 import urllib.error
@@ -11,6 +10,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import free_port
 from test_chat import CONVERSATIONS, GPTPIPE, chatty  # noqa: F401 - the fixture is used by name
 
 from gptpipe import chat, evaluate, tasks
@@ -18,12 +18,6 @@ from gptpipe.tasks import user
 
 KEY = "test-key"
 QUESTIONS = [c[0]["content"] for c in CONVERSATIONS]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ guarantees, and pretrain across two nodes (two torchrun agents on 127.0.0.1)."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_workspace, sh
+from conftest import free_port, make_workspace, sh
 from gptpipe import profile
 
 pytestmark = pytest.mark.e2e
@@ -58,12 +57,6 @@ def test_ranks_see_different_data_keep_identical_weights_and_resume(micro_data, 
     probe(micro_data, crashed, steps=12)
     c0, c1 = ranks(crashed)
     assert c0["resumed_from_step"] == 5 and c0["weights"] == c1["weights"] == r0["weights"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pretrain_workspace(dest: Path, micro_data, *sets: str) -> Path:

@@ -1,7 +1,8 @@
 """The speedrun across machines, all on 127.0.0.1: the session's Prefect server, two process workers in two git
 clones (pool gptpipe-cpu in one, gptpipe-gpu in the other; the "gpu" worker runs on CPU here), and a
 local-directory DVC remote. The micro pipeline is built once (`fleet`), from scratch, by the speedrun flow with
-flow.remote set; the tests run in file order and build on each other, like tests/e2e/test_flows.py.
+flow.remote set; the tests run in file order and build on each other, like tests/e2e/test_flows.py. A third clone
+with a second gpu-pool worker joins for a two-node pretrain, and stays for the killed-worker test.
 """
 
 import hashlib
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, make_workspace, sh, stop, wait_for
+from conftest import REPO, free_port, make_workspace, sh, stop, wait_for
 
 pytestmark = pytest.mark.e2e
 sys.path.insert(0, str(REPO))  # flows/ lives in the checkout, beside the installed gptpipe package
@@ -38,7 +39,8 @@ def dvc(ws: Path, *args: str):
 
 def start_worker(clone: Path, pool: str, env: dict, log: Path) -> subprocess.Popen:
     env = dict(env, PREFECT_WORKER_HEARTBEAT_SECONDS="2")  # a dead worker shows offline after 3 missed: 6 s
-    return subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "worker", "--pool", pool], cwd=clone, env=env,
+    # --limit 1: one run at a time, as on a box that is one node of a multi-node stage
+    return subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "worker", "--pool", pool, "--limit", "1"], cwd=clone, env=env,
                             stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -59,13 +61,20 @@ def children(since) -> dict:
     return {r.name: r for r in runs}
 
 
-def where(run) -> str:
-    """The checkout the child ran in, from its dvc.lock artifact."""
+def record(run) -> dict:
+    """What the child says it did ({stage, outcome, workspace, worker, seconds, lock}), from its artifact."""
+    import json
+
     from flows.dispatch import _artifact_filter
 
     with client() as c:
         data = c.read_artifacts(artifact_filter=_artifact_filter(run.id))[0].data
-    return re.search(r'"workspace": "([^"]+)"', data).group(1)
+    return json.loads(re.search(r"```json\n(.*)\n```", data, re.S).group(1))
+
+
+def where(run) -> str:
+    """The checkout the child ran in."""
+    return record(run)["workspace"]
 
 
 @contextmanager
@@ -205,9 +214,42 @@ def test_a_fresh_clone_with_the_remote_has_nothing_to_run(built, fleet):
     assert (fresh / "reports" / "report.md").read_bytes() == (cpu / "reports" / "report.md").read_bytes()
 
 
+def test_pretrain_on_two_machines_one_child_run_per_node(built, fleet, prefect_env):
+    """pretrain.nnodes 2: the flow starts two children on the gpu pool at once, each taken by its own worker (--limit 1)
+    in its own clone; node 1's child pulls the inputs and joins node 0's rendezvous, node 0's records and pushes."""
+    from flows.speedrun import speedrun
+
+    origin, cpu, gpu, store, workers, root = fleet
+    gpu2 = root / "gpu2"
+    git(root, "clone", "-q", str(origin), str(gpu2))
+    sets = ("pretrain.nnodes=2", "pretrain.rdzv_timeout_s=60", f"pretrain.rdzv_endpoint=127.0.0.1:{free_port()}")
+    since = datetime.now(timezone.utc)
+    with edited(cpu, *sets), edited(gpu, *sets), edited(gpu2, *sets):  # the children check: same params everywhere
+        with edited(cpu, "flow.worker_timeout_s=3"):
+            state = speedrun(workspace=str(cpu), stages=["pretrain"], return_state=True)
+        assert state.is_failed() and "1 of the 2 workers a stage on 2 machines (nnodes) needs" in state.message, state.message
+        workers["gpu2"] = start_worker(gpu2, "gptpipe-gpu", prefect_env, root / "gpu2-worker.log")
+        state = speedrun(workspace=str(cpu), stages=["pretrain"], return_state=True)
+        assert state.is_completed(), state.message
+        assert state.result() == {"pretrain": "ran"}  # nnodes is a pretrain param: DVC reruns it
+        runs = children(since)
+        assert sorted(runs) == ["pretrain", "pretrain-node1"]
+        node0, node1 = record(runs["pretrain"]), record(runs["pretrain-node1"])
+        assert {node0["workspace"], node1["workspace"]} == {str(gpu), str(gpu2)}, "both nodes on one worker"
+        assert (node0["outcome"], node1["outcome"], node1["lock"]) == ("ran", "ran", None)
+        lock = yaml.safe_load((cpu / "dvc.lock").read_text())["stages"]["pretrain"]
+        assert lock == node0["lock"] and lock["params"]["params.yaml"]["pretrain"]["nnodes"] == 2
+        assert "up to date" in dvc(Path(node0["workspace"]), "status", "pretrain").stdout  # node 0 wrote the outputs
+        store_is_whole(store)
+        again = speedrun(workspace=str(cpu), stages=["pretrain"], return_state=True)  # computed: no node runs it
+        assert again.is_completed() and again.result()["pretrain"] in ("skipped", "restored"), again.result()
+        assert record(children(since)["pretrain-node1"])["outcome"] == "skipped"
+
+
 def test_a_worker_killed_mid_stage(built, fleet, prefect_env):
     origin, cpu, gpu, store, workers, root = fleet
-    locks = {c: yaml.safe_load((c / "dvc.lock").read_text()) for c in (cpu, gpu)}
+    gpus = {gpu: "gptpipe-gpu", root / "gpu2": "gpu2"}  # two workers on the gpu pool now: it runs on one of them
+    locks = {c: yaml.safe_load((c / "dvc.lock").read_text()) for c in (cpu, *gpus)}
     since = datetime.now(timezone.utc)
     log = root / "killed-run.log"
     # Every clone has the same params (the children check): a short wait for a worker of the pool, for the kill.
@@ -216,24 +258,27 @@ def test_a_worker_killed_mid_stage(built, fleet, prefect_env):
                                    "--stage", "pretrain", "--force", "pretrain"], cwd=cpu, env=prefect_env,
                                   stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
-        def started():  # the stage's temporary output exists: it is training
-            return parent.poll() is not None or list((gpu / "models").glob(".base.tmp-*"))
+        def training():  # the clone whose stage's temporary output exists: it is training there
+            return parent.poll() is not None or next((c for c in gpus if list((c / "models").glob(".base.tmp-*"))), None)
 
-        wait_for("pretrain to start on the gpu worker", started, timeout=180, every=0.2)
+        busy = wait_for("pretrain to start on a gpu worker", training, timeout=180, every=0.2)
         assert parent.poll() is None, log.read_text()[-3000:]
-        stop(workers.pop("gptpipe-gpu"))  # Ctrl-C to the worker and its flow runs, then SIGKILL: a box going down
-        # Nobody reports the child's end: the parent notices its pool has no worker online and marks it crashed.
+        stop(workers.pop(gpus[busy]))  # Ctrl-C to the worker and its flow runs, then SIGKILL: a box going down
+        # Nobody reports the child's end, and the pool still has a worker online: the parent notices that the one
+        # running the child is offline and marks it crashed.
         assert parent.wait(120) != 0, log.read_text()[-3000:]
     child = children(since)["pretrain"]
     assert child.state.is_crashed() or child.state.is_failed(), child.state
-    assert "no worker online" in log.read_text() or child.state.is_failed(), log.read_text()[-3000:]
+    assert "the worker running it on pool gptpipe-gpu has been offline" in log.read_text() or child.state.is_failed(), \
+        log.read_text()[-3000:]
     for c, before in locks.items():
         assert yaml.safe_load((c / "dvc.lock").read_text()) == before, f"dvc.lock of {c} changed"
-    assert not [p for p in (gpu / "models").iterdir() if ".tmp" in p.name], "a half-written model is left"
+    assert not [p for p in (busy / "models").iterdir() if ".tmp" in p.name], "a half-written model is left"
     store_is_whole(store)
 
-    workers["gptpipe-gpu"] = start_worker(gpu, "gptpipe-gpu", prefect_env, root / "gpu-worker.log")
+    workers[gpus[busy]] = start_worker(busy, "gptpipe-gpu", prefect_env, root / f"{busy.name}-worker.log")
     rerun = subprocess.run(parent.args, cwd=cpu, env=prefect_env, capture_output=True, text=True)
     assert rerun.returncode == 0 and re.search(r"pretrain\s+ran", rerun.stdout), rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert "up to date" in dvc(gpu, "status", "pretrain").stdout
+    ran = where(children(since)["pretrain"])
+    assert "up to date" in dvc(Path(ran), "status", "pretrain").stdout
     store_is_whole(store)
