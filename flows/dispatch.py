@@ -203,7 +203,13 @@ def run(ws: Path, settings: Flow, resources: Resources, graph: dict, chosen: lis
 
 
 # ---------------------------------------------------------------- the child: one stage in a worker's checkout
-@flow(name="speedrun-stage", flow_run_name="{stage}")
+def child_name() -> str:
+    from prefect.runtime import flow_run
+
+    return run_name(flow_run.parameters["stage"], flow_run.parameters.get("node", 0))
+
+
+@flow(name="speedrun-stage", flow_run_name=child_name)
 def speedrun_stage(stage: str, remote_name: str, entries: dict, expected: dict, origin: str, force: bool = False,
                    profile: str | None = None, node: int = 0):
     """One stage in this worker's checkout: dvc.lock entries in, inputs pulled, `dvc repro -s`, outputs pushed.

@@ -222,7 +222,8 @@ def test_pretrain_on_two_machines_one_child_run_per_node(built, fleet, prefect_e
     origin, cpu, gpu, store, workers, root = fleet
     gpu2 = root / "gpu2"
     git(root, "clone", "-q", str(origin), str(gpu2))
-    sets = ("pretrain.nnodes=2", "pretrain.rdzv_timeout_s=60", f"pretrain.rdzv_endpoint=127.0.0.1:{free_port()}")
+    sets = ("pretrain.nnodes=2", "pretrain.total_batch_tokens=1024", "pretrain.rdzv_timeout_s=60",
+            f"pretrain.rdzv_endpoint=127.0.0.1:{free_port()}")
     since = datetime.now(timezone.utc)
     with edited(cpu, *sets), edited(gpu, *sets), edited(gpu2, *sets):  # the children check: same params everywhere
         with edited(cpu, "flow.worker_timeout_s=3"):
