@@ -243,7 +243,6 @@ class Supervised(Post):
 class SFT(Supervised):
     """TRL SFTTrainer on the task conversations (loss on the assistant's tokens) mixed with corpus text."""
     text_fraction: float = Field(ge=0, lt=1)   # share of the rows that are pretraining text windows
-    compile: bool                              # torch.compile, every batch padded to max_length (one graph)
 
 
 class LoRA(SFT):

@@ -41,10 +41,8 @@ def make_trainer(s: SFT, wb: Wandb, *, policy: Path, conversations: Path, tokens
     from trl import SFTConfig, SFTTrainer
 
     tok, model = load_policy(policy)
-    # Compiled, every batch is max_length long and the last short one is dropped: one graph, never recompiled.
     cfg = SFTConfig(**trainer_args(s, wb, stage, policy, conversations, tokens), max_length=s.max_length,
-                    packing=False, torch_compile=s.compile, pad_to_multiple_of=s.max_length if s.compile else None,
-                    dataloader_drop_last=s.compile)
+                    packing=False)
     return SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(examples(tok, conversations, tokens, s)),
                       processing_class=tok, peft_config=peft_config)
 
