@@ -9,7 +9,7 @@ import hashlib
 import re
 import subprocess
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -254,7 +254,9 @@ def test_a_worker_killed_mid_stage(built, fleet, prefect_env):
     since = datetime.now(timezone.utc)
     log = root / "killed-run.log"
     # Every clone has the same params (the children check): a short wait for a worker of the pool, for the kill.
-    with edited(cpu, "flow.worker_timeout_s=10"), edited(gpu, "flow.worker_timeout_s=10"):
+    with ExitStack() as stack:
+        for c in (cpu, *gpus):
+            stack.enter_context(edited(c, "flow.worker_timeout_s=10"))
         parent = subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "flow", "run", "--workspace", str(cpu),
                                    "--stage", "pretrain", "--force", "pretrain"], cwd=cpu, env=prefect_env,
                                   stdout=open(log, "w"), stderr=subprocess.STDOUT)
