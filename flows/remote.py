@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -170,7 +171,8 @@ def join(ws: Path, stage: str, node: int, force: bool, remote: str, entries: dic
     with Repo(str(ws)) as r:
         cmd = _find(r, stage).cmd
     log(f"+ {NODE_RANK}={node} {cmd}")
-    proc = subprocess.Popen(cmd, shell=True, cwd=ws, env={**repro.stage_env(), NODE_RANK: str(node)},
+    # Its words as arguments, no shell: a value dvc.yaml interpolates from params stays a value.
+    proc = subprocess.Popen(shlex.split(cmd), cwd=ws, env={**repro.stage_env(), NODE_RANK: str(node)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     tail = collections.deque(repro.lines(proc, log), maxlen=12)
     if proc.wait():
