@@ -129,8 +129,11 @@ def dispatch(name: str, deployment: str, pool: str, parameters: dict, env: dict,
     stage = parameters["stage"]
     with get_client(sync_client=True) as c:
         d = c.read_deployment_by_name(deployment)
+        me = TaskRunContext.get().task_run
+        # Keyed to this try: when the server is slow to answer, the client sends the request again, and without the
+        # key that made a second run of the stage (the first ran it, the one watched here found it done: "skipped").
         run = c.create_flow_run_from_deployment(d.id, parameters=parameters, name=name, job_variables={"env": env},
-                                                parent_task_run_id=TaskRunContext.get().task_run.id)
+                                                parent_task_run_id=me.id, idempotency_key=f"{me.id}-{me.run_count}")
         log.info(f"{name}: flow run {run.name} ({run.id}) on {deployment}, pool {pool}")
         deadline = time.monotonic() + timeout_s
         while not (state := (now := c.read_flow_run(run.id)).state).is_final():
