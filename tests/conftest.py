@@ -19,6 +19,33 @@ os.environ.update(DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE=
                   TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
 # Subprocesses (dvc, python -m stages.X) must find this interpreter's environment.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+# scripts/test.sh runs the suite on two xdist workers, one per core: each trains with one thread, so two at
+# once do not fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The modules on the session's micro build (`micro_built`): under xdist they run on one worker, which builds it once.
+ON_MICRO_BUILD = {"tests/e2e/test_dvc_repro.py", "tests/e2e/test_flows.py", "tests/e2e/test_new_stage.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Whole modules to a worker (module fixtures; e2e tests that build on each other in file order), in file
+    order (the long e2e modules first); the modules of ON_MICRO_BUILD as one."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "micro_built" if module in ON_MICRO_BUILD else module
+
+    config.option.loadscopereorder = False
+    return ByModule(config, log)
+
+
+def pytest_collection_modifyitems(items):
+    for i in items:
+        if "micro_built" in i.fixturenames and i.nodeid.split("::", 1)[0] not in ON_MICRO_BUILD:
+            raise pytest.UsageError(f"{i.nodeid} uses micro_built: add its module to ON_MICRO_BUILD in tests/conftest.py")
 
 
 def sh(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
