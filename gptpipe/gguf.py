@@ -191,6 +191,7 @@ def check(gguf_path: Path, ref: dict) -> dict:
     cpp = cpp[len(ids):]
     diff = float(np.abs(got - want).max())
     first = next((i for i, (a, b) in enumerate(zip(hf, cpp)) if a != b), None)
+    margin = None if first is None else ref["margins"][first]
     return {
         "n_prompt": len(ids),
         "max_abs_logit_diff": diff,
@@ -198,9 +199,9 @@ def check(gguf_path: Path, ref: dict) -> dict:
         "rel_diff": diff / float(np.abs(want).max()),
         # Where transformers' top two are closer than llama.cpp's logit error, either token is right (a tie),
         # and the continuations part ways from there: they agree if they are equal up to a tie.
-        "greedy_agree": first is None or ref["margins"][first] <= diff,
+        "greedy_agree": margin is None or margin <= diff,
         "first_diff": first,
-        "margin_at_first_diff": None if first is None else ref["margins"][first],
+        "margin_at_first_diff": margin,
         "greedy_hf": hf,
         "greedy_llama": cpp,
         "tokenization_equal": llm.tokenize(ref["prompt"].encode(), add_bos=False, special=True) == ids,

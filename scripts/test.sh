@@ -8,6 +8,6 @@ if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/tmux ]; } && command -v apt-g
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium tmux; } >/dev/null 2>&1 \
         || echo "test: could not install chromium/tmux (not root? offline?); those tests will skip"
 fi
-# Two workers, one per core of the 2-core CI machine, each given whole modules (tests/conftest.py schedules them):
-# one takes the distributed e2e module, the other the modules on the shared micro build, the rest fill in.
+# Two workers, one per core of the 2-core CI machine, each given whole modules in file order, the long e2e ones
+# first (tests/conftest.py schedules them).
 python -m pytest -n 2 "$@"

@@ -27,6 +27,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 ON_MICRO_BUILD = {"tests/e2e/test_dvc_repro.py", "tests/e2e/test_flows.py", "tests/e2e/test_new_stage.py"}
 
 
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """Whole modules to a worker (module fixtures; e2e tests that build on each other in file order), in file
@@ -35,7 +39,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
+            module = module_of(nodeid)
             return "micro_built" if module in ON_MICRO_BUILD else module
 
     config.option.loadscopereorder = False
@@ -44,7 +48,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(items):
     for i in items:
-        if "micro_built" in i.fixturenames and i.nodeid.split("::", 1)[0] not in ON_MICRO_BUILD:
+        if "micro_built" in i.fixturenames and module_of(i.nodeid) not in ON_MICRO_BUILD:
             raise pytest.UsageError(f"{i.nodeid} uses micro_built: add its module to ON_MICRO_BUILD in tests/conftest.py")
 
 
