@@ -1,5 +1,6 @@
 """dvc.yaml holds every stage to the code it runs: each gptpipe/flows module that `stages/X.py` imports,
-directly or through other modules, is one of X's deps, so a code change reruns exactly the stages it touches."""
+directly or through other modules, is one of X's deps, and so is each data path X reads (a file, not its folder),
+so a change reruns exactly the stages it touches."""
 
 import ast
 from pathlib import Path
@@ -97,3 +98,28 @@ def test_no_stage_depends_on_code_it_does_not_run():
             stale[name] = extra
     assert not stale, "dvc.yaml: remove the code deps a stage does not run: " + "; ".join(
         f"{name}: {', '.join(extra)}" for name, extra in stale.items())
+
+
+
+def read_paths(shim: Path) -> set[str]:
+    """The path arguments of the shim's `stage.run(...)` call, as written (`${...}` unresolved)."""
+    call = next(n for n in ast.walk(ast.parse(shim.read_text()))
+                if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "run")
+    return {k.value.value for k in call.keywords
+            if k.arg != "launcher" and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)}
+
+
+def test_each_stage_depends_on_the_data_it_reads_and_no_more():
+    """A path a stage reads but does not list never reruns it; a folder listed where the stage reads one file
+    of it reruns it for nothing (midtrain listed data/raw/tasks: a new held-out set reran it and all after)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    wrong = {}
+    for name, stage in stages.items():
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", []) + stage.get("metrics", [])]
+        reads = [r for r in read_paths(REPO / f"stages/{name}.py") if not covered(r, outs)]
+        data = [d for d in stage["deps"] if not d.startswith(("gptpipe/", "flows/", "stages/"))]
+        unlisted = [r for r in reads if not any(covered(r, [d]) or covered(d, [r]) for d in data)]
+        broad = [d for d in data if any(r != d and covered(r, [d]) for r in reads)]
+        if unlisted or broad:
+            wrong[name] = f"add {unlisted}" if unlisted else f"name the files it reads instead of {broad}"
+    assert not wrong, "dvc.yaml deps: " + "; ".join(f"{name}: {fix}" for name, fix in wrong.items())
