@@ -141,7 +141,9 @@ def load_pretrained(path, auto=None, new_head: str | None = None, **kw):
         raise UserError(f"{path}: no model.safetensors{pickled}; save the model with save_pretrained() (safetensors)")
     auto = auto or AutoModelForCausalLM
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        # local_files_only: a model dir is never looked up on the hub, and the flag is saved with the tokenizer,
+        # so leaving it to HF_HUB_OFFLINE made a stage's bytes depend on the shell it ran from
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
         model, info = auto.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
                                            output_loading_info=True, **kw)
     except SafetensorError as e:

@@ -20,7 +20,7 @@ def run(p: Params, proc: Proc, *, tokens: Path, tokenizer: Path, out: Path | Non
         ckpt_root: Path = Path("checkpoints/pretrain")) -> dict:
     """The pretrain stage: a fresh Llama trained on the token shards, saved to `out` by rank 0; resumable."""
     train_data, val_data = Shards(tokens, "train"), Shards(tokens, "val")
-    tok = AutoTokenizer.from_pretrained(tokenizer)
+    tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)  # saved with the model: see model.load_pretrained
     if len(tok) != train_data.vocab_size:
         raise UserError(f"{tokenizer} has {len(tok)} tokens but {tokens} was made with "
                         f"{train_data.vocab_size}: rerun `dvc repro tokenize`")

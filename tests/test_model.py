@@ -1,5 +1,9 @@
 """Model sizing from depth, parameter and FLOP counts, and the stock HF format."""
 
+import os
+import subprocess
+import sys
+
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
@@ -34,3 +38,14 @@ def test_saves_and_loads_as_stock_llama(tmp_path):
     x = torch.randint(0, 1000, (1, 10))
     torch.testing.assert_close(model(x).logits, again(x).logits)
     assert type(again).__name__ == "LlamaForCausalLM" and again.config.num_key_value_heads == 2
+
+
+def test_a_saved_model_dir_has_the_same_bytes_online_or_offline(tiny_model, tmp_path):
+    """transformers saves local_files_only with the tokenizer, and HF_HUB_OFFLINE set it: a `dvc repro` from a shell
+    without the README's environment wrote other bytes and reran midtrain and all after it."""
+    code = "import sys; from gptpipe.model import load_pretrained, save; save(*reversed(load_pretrained(sys.argv[1])), sys.argv[2])"
+    for offline in ("0", "1"):
+        subprocess.run([sys.executable, "-c", code, str(tiny_model), str(tmp_path / offline)], check=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": offline, "TRANSFORMERS_OFFLINE": offline})
+    for f in ("tokenizer_config.json", "config.json", "model.safetensors"):
+        assert (tmp_path / "0" / f).read_bytes() == (tmp_path / "1" / f).read_bytes(), f
