@@ -48,10 +48,12 @@ def run(stage: str, work: Callable[..., dict], *, launcher: Literal["torchrun", 
         cuda = dist.wants_cuda(p.device)
         if not cuda:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first looks for a GPU: TRL follows torch
-        # transformers' wandb callback writes ./wandb unless told: its runs go to logs/wandb, beside pretrain's
+        # transformers' wandb callback reads wandb's settings from the environment only: without these it writes
+        # ./wandb, and outside scripts/setup.sh's environment it went online and stopped asking for an API key
         os.makedirs("logs", exist_ok=True)
         os.environ.setdefault("WANDB_DIR", os.path.abspath("logs"))
         os.environ.setdefault("WANDB_PROJECT", p.wandb.project)
+        os.environ.setdefault("WANDB_MODE", p.wandb.mode)
     if launcher:
         dist.relaunch(stage, getattr(p, stage), accelerate=launcher == "accelerate", bf16=launcher == "accelerate" and cuda)
     proc = dist.setup(p.device, join=launcher != "accelerate")  # a trainer joins the process group it sets up

@@ -1,6 +1,7 @@
 """`dvc repro` of the micro profile in a throwaway copy of the session's one build: builds, skips, reruns precisely."""
 
 import json
+import os
 import re
 import sys
 
@@ -135,6 +136,19 @@ def test_single_stage_rerun(built):
     out = sh(["dvc", "repro", "-f", "-s", "evaluate"], ws).stdout
     assert ran(out) == ["evaluate"]
     assert "report" in sh(["dvc", "status"], ws).stdout  # its output changed, so report is now stale
+
+
+def test_a_stage_reruns_from_a_plain_shell_with_the_same_bytes(copy):
+    """README: `source .venv/bin/activate`, then `dvc repro -s STAGE`, with none of scripts/setup.sh's variables. A TRL
+    stage logs offline to logs/wandb as params say (it went online and stopped for an API key), and the model dir it
+    writes has the bytes it had (HF_HUB_OFFLINE was saved with the tokenizer), so nothing downstream goes stale."""
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    (copy / "params.yaml").write_text(yaml.safe_dump({**params, "wandb": {**params["wandb"], "mode": "offline"}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HF_", "TRANSFORMERS_"))}
+    sh(["dvc", "repro", "-f", "-s", "lora"], copy, env=env)
+    assert list((copy / "logs/wandb").glob("offline-run-*")) and not (copy / "wandb").exists()
+    status = sh(["dvc", "status"], copy).stdout
+    assert "evaluate:" not in status and "report:" in status, status  # report reads the new metrics/lora.json
 
 
 def test_bad_param_fails_before_work_and_keeps_outputs(built):
