@@ -163,6 +163,37 @@ def test_dpo_moves_probability_towards_the_chosen_replies(micro_data, base, chat
     assert margin(cwd / "dpo") > margin(base) + 1 and m["reward_accuracy"] is not None
 
 
+@pytest.mark.parametrize("temperature, softcap", [(1.0, None), (0.7, 30.0)])
+def test_plain_lm_head_gives_what_trls_chunked_kernel_gives(temperature, softcap, monkeypatch):
+    """Same log-probabilities, entropy, flags and gradients as TRL's kernel, which it stands in for on a CPU; past
+    its LIMIT it hands over to the kernel."""
+    from trl.trainer import utils
+
+    from gptpipe.post.common import PlainLMHead, use_plain_lm_head
+
+    use_plain_lm_head()
+    assert utils._ChunkedLogProbFunction is PlainLMHead and PlainLMHead.chunked is not None
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(96, 16, generator=g), torch.randn(200, 16, generator=g)
+    targets = torch.randint(0, 200, (96,), generator=g)
+    targets[::2] = (hidden @ weight.T).argmax(-1)[::2]  # half of them the top-1 token
+    outputs = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+
+    def run(fn):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        out = fn.apply(h, w, None, targets, temperature, 64, softcap, 1.0, outputs)
+        (-out[0].sum() + 0.1 * out[1].sum()).backward()
+        return out, (h.grad, w.grad)
+
+    (plain, plain_grads), (chunked, chunked_grads) = run(PlainLMHead), run(PlainLMHead.chunked)
+    for a, b in zip(plain + plain_grads, chunked + chunked_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert plain[4].any() and not plain[4].all()
+    monkeypatch.setattr(PlainLMHead, "LIMIT", 96 * 200 - 1)
+    monkeypatch.setattr(PlainLMHead, "chunked", type("Kernel", (), {"apply": staticmethod(lambda *a: "kernel")}))
+    assert PlainLMHead.apply(hidden, weight, None, targets, 1.0, 64) == "kernel"
+
+
 def test_checker_reward_scores_the_reply_by_exact_match():
     from gptpipe.post.rl import checker
 
