@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptpipe import choice
+from gptpipe import choice, sample
 from gptpipe.config import Evaluate, Params
 from gptpipe.dist import Proc
 from gptpipe.model import load_pretrained
@@ -97,6 +97,8 @@ def replies(model, tok, prompts: list[list[dict]], device, batch: int = 32, max_
     model.eval().to(device)
     sampling = {"do_sample": True, "temperature": temperature, "top_k": None, "top_p": 1.0} if temperature \
         else {"do_sample": False}
+    if temperature:
+        sample.use_inverse_cdf()
     out = []
     for i in range(0, len(prompts), batch):
         enc = tok.apply_chat_template(prompts[i:i + batch], add_generation_prompt=True, padding=True,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptpipe import tasks
+from gptpipe import sample, tasks
 from gptpipe.config import Params
 from gptpipe.post import reward
 from gptpipe.post.common import dataset, fit, load_policy, logged, save, trainer_args
@@ -35,6 +35,7 @@ def train(p: Params, proc, *, policy: Path, reward_model: Path, prompts: Path, o
     if s.reward_weights.checker:
         funcs, classes, weights = [*funcs, checker], [*classes, None], [*weights, s.reward_weights.checker]
     tok, model = load_policy(policy)
+    sample.use_inverse_cdf()  # the trainer samples its completions with transformers' generate
     cfg = Config(**trainer_args(s, wb, "rl", policy, reward_model, prompts), num_generations=s.num_generations,
                  temperature=s.temperature, max_completion_length=s.max_completion_length, beta=s.beta,
                  reward_weights=weights)

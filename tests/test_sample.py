@@ -1,0 +1,25 @@
+"""The inverse-CDF stand-in for torch.multinomial: same distribution, same shapes, never a weight of 0."""
+
+import torch
+
+from gptpipe import sample
+
+
+def test_draws_follow_the_weights_and_skip_zero_weights():
+    weights = torch.tensor([0.0, 1.0, 0.0, 2.0, 7.0, 0.0])  # unnormalized, zeros at both ends and between
+    torch.manual_seed(0)
+    draws = sample.multinomial(weights.expand(100_000, -1), 1)
+    assert draws.shape == (100_000, 1) and draws.dtype == torch.int64
+    freq = torch.bincount(draws[:, 0], minlength=6) / 100_000
+    assert freq[[0, 2, 5]].sum() == 0
+    torch.testing.assert_close(freq[[1, 3, 4]], torch.tensor([0.1, 0.2, 0.7]), atol=0.005, rtol=0)  # 5 SE of 0.7's
+
+
+def test_shapes_seeding_and_what_it_leaves_to_torch():
+    p = torch.tensor([0.5, 0.5])
+    assert sample.multinomial(p, 1).shape == torch.multinomial(p, 1).shape == (1,)
+    g = torch.Generator().manual_seed(3)
+    first = sample.multinomial(torch.ones(8, 50), 1, generator=g)
+    assert torch.equal(first, sample.multinomial(torch.ones(8, 50), 1, generator=g.manual_seed(3)))
+    two = sample.multinomial(torch.ones(4, 10), 2)  # more than one draw per row: torch's own
+    assert two.shape == (4, 2) and all(len(set(r.tolist())) == 2 for r in two)
