@@ -1,4 +1,4 @@
-"""One token per row sampled on a CPU without torch.multinomial, which took half of the pairs stage.
+"""One token per row sampled on a CPU without torch.multinomial, which took half of a sampled generate.
 
 torch.multinomial spends ~40 ms on a 256 x 4,096 batch of probabilities on these CPUs (it is RNG-bound); one
 uniform per row and a binary search of the cumulative probabilities (inverse CDF) take 0.8 ms and draw from
