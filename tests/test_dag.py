@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from conftest import REPO
+from gptpipe import artifacts
 
 # Shared infrastructure that deliberately triggers no rerun: it decides how a stage reads, writes and fails,
 # never what it computes.
@@ -100,24 +101,21 @@ def test_no_stage_depends_on_code_it_does_not_run():
         f"{name}: {', '.join(extra)}" for name, extra in stale.items())
 
 
-
 def read_paths(shim: Path) -> set[str]:
-    """The path arguments of the shim's `stage.run(...)` call, as written (`${...}` unresolved)."""
+    """The path arguments of the shim's `stage.run(...)` call, `${...}` filled from params as the runner does."""
     call = next(n for n in ast.walk(ast.parse(shim.read_text()))
                 if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "run")
-    return {k.value.value for k in call.keywords
+    return {artifacts.resolve(k.value.value, REPO) for k in call.keywords
             if k.arg != "launcher" and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)}
 
 
 def test_each_stage_depends_on_the_data_it_reads_and_no_more():
     """A path a stage reads but does not list never reruns it; a folder listed where the stage reads one file
     of it reruns it for nothing (midtrain listed data/raw/tasks: a new held-out set reran it and all after)."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     wrong = {}
-    for name, stage in stages.items():
-        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", []) + stage.get("metrics", [])]
-        reads = [r for r in read_paths(REPO / f"stages/{name}.py") if not covered(r, outs)]
-        data = [d for d in stage["deps"] if not d.startswith(("gptpipe/", "flows/", "stages/"))]
+    for name, stage in artifacts.graph(REPO).items():  # data deps only, outs, metrics and plots
+        reads = [r for r in read_paths(REPO / f"stages/{name}.py") if not covered(r, stage["outs"] + stage["metrics"])]
+        data = stage["deps"]
         unlisted = [r for r in reads if not any(covered(r, [d]) or covered(d, [r]) for d in data)]
         broad = [d for d in data if any(r != d and covered(r, [d]) for r in reads)]
         if unlisted or broad:
