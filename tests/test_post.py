@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from gptpipe import dist, evaluate, midtrain, tasks
 from gptpipe.config import Device
@@ -192,6 +192,36 @@ def test_plain_lm_head_gives_what_trls_chunked_kernel_gives(temperature, softcap
     monkeypatch.setattr(PlainLMHead, "LIMIT", 96 * 200 - 1)
     monkeypatch.setattr(PlainLMHead, "chunked", type("Kernel", (), {"apply": staticmethod(lambda *a: "kernel")}))
     assert PlainLMHead.apply(hidden, weight, None, targets, 1.0, 64) == "kernel"
+
+
+def test_trl_scores_only_the_labelled_positions_on_a_cpu(monkeypatch):
+    """With PlainLMHead installed, TRL's fused forward hands the head only the positions that have a label, and
+    their log-probabilities are the model's own; unlabelled positions read 0."""
+    from trl.trainer import utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from gptpipe.post.common import PlainLMHead, use_plain_lm_head
+
+    use_plain_lm_head()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1)).eval()
+    ids = torch.randint(0, 64, (2, 10))
+    labels = ids.clone()
+    labels[:, :7] = -100  # a prompt: only the last 3 tokens of each row are scored
+    with torch.no_grad():
+        want = model(ids).logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    rows = []
+    apply = PlainLMHead.apply
+    monkeypatch.setattr(PlainLMHead, "apply", staticmethod(lambda h, *a: rows.append(h.shape[0]) or apply(h, *a)))
+    add_fused_lm_head(model)
+    out = model(ids, labels=labels, fused_lm_head=True)
+    mask = labels[:, 1:] != -100
+    assert rows == [int(mask.sum())] == [6]
+    torch.testing.assert_close(out.log_probs[mask], want[mask])
+    assert (out.log_probs[~mask] == 0).all()
+    out.loss.backward()
+    assert utils._use_triton(torch.device("cpu"))
 
 
 def test_checker_reward_scores_the_reply_by_exact_match():

@@ -64,12 +64,20 @@ class PlainLMHead:
         return target, entropy, log_sum_sq, mean_logits, is_top1
 
 
+def labelled_only(device) -> bool:
+    """TRL's question "compact?": score only the positions with a label (TRL does so only on Triton devices)."""
+    return True
+
+
 def use_plain_lm_head() -> None:
-    """On a machine without CUDA, TRL's trainers score tokens with PlainLMHead (see there)."""
+    """On a machine without CUDA, TRL's trainers score tokens with PlainLMHead (see there), and only the positions
+    with a label. Off Triton TRL scores every position (fixed shapes for Neuron's compiler), though a DPO row's
+    labels are its reply, about a tenth of its tokens: 57 DPO steps took 14.7 s scoring all of them."""
     from trl.trainer import utils
 
     if not torch.cuda.is_available() and utils._ChunkedLogProbFunction is not PlainLMHead:
         PlainLMHead.chunked, utils._ChunkedLogProbFunction = utils._ChunkedLogProbFunction, PlainLMHead
+        utils._use_triton = labelled_only
 
 
 def dataset(path: Path, keys: tuple[str, ...], made_by: str):
