@@ -197,7 +197,6 @@ def test_plain_lm_head_gives_what_trls_chunked_kernel_gives(temperature, softcap
 def test_trl_scores_only_the_labelled_positions_on_a_cpu(monkeypatch):
     """With PlainLMHead installed, TRL's fused forward hands the head only the positions that have a label, and
     their log-probabilities are the model's own; unlabelled positions read 0."""
-    from trl.trainer import utils
     from trl.trainer.utils import add_fused_lm_head
 
     from gptpipe.post.common import PlainLMHead, use_plain_lm_head
@@ -220,8 +219,7 @@ def test_trl_scores_only_the_labelled_positions_on_a_cpu(monkeypatch):
     assert rows == [int(mask.sum())] == [6]
     torch.testing.assert_close(out.log_probs[mask], want[mask])
     assert (out.log_probs[~mask] == 0).all()
-    out.loss.backward()
-    assert utils._use_triton(torch.device("cpu"))
+    out.loss.backward()  # the scattered log-probabilities stay connected to the model
 
 
 def test_checker_reward_scores_the_reply_by_exact_match():
