@@ -90,24 +90,20 @@ def samples(model, tok, e: Evaluate, device, name: str) -> list[dict]:
 
 
 def replies(model, tok, prompts: list[list[dict]], device, batch: int = 32, max_new_tokens: int = 12,
-            k: int = 1, temperature: float = 0.0) -> list[list[str]]:
-    """k replies to each chat prompt, greedy when temperature is 0, else sampled (seed torch first):
-    batched, left-padded, KV cache, each reply stopping at the end-of-turn token."""
+            k: int = 1, temperature: float = 0.0, greedy: bool = False) -> list[list[str]]:
+    """Replies to each chat prompt: k greedy ones when temperature is 0 (all alike), else k sampled (seed torch
+    first) after a greedy one if `greedy`. Batched, left-padded, KV cache, each stopping at the end-of-turn token."""
     tok.padding_side = "left"
     model.eval().to(device)
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": None, "top_p": 1.0} if temperature \
-        else {"do_sample": False}
-    if temperature:
-        sample.use_inverse_cdf()
+    temps = [0.0] * greedy + [float(temperature)] * k
     out = []
     for i in range(0, len(prompts), batch):
         enc = tok.apply_chat_template(prompts[i:i + batch], add_generation_prompt=True, padding=True,
                                       return_tensors="pt", return_dict=True).to(device)
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, use_cache=True, num_return_sequences=k,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **sampling)
-        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        out += [texts[j:j + k] for j in range(0, len(texts), k)]
+        new = sample.decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, tok.eos_token_id,
+                            tok.pad_token_id, temps)
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        out += [texts[j:j + len(temps)] for j in range(0, len(texts), len(temps))]
     return out
 
 

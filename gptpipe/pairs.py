@@ -41,12 +41,11 @@ def label(rows: list[dict], sampled: list[list[str]]) -> tuple[list[dict], dict]
 def make(s: Pairs, model, tok, rows: list[dict], device) -> tuple[list[dict], dict]:
     """Answer greedily, sample (seeded) and label: the same model, rows and params give the same pairs."""
     prompts = [r["prompt"] for r in rows]
-    greedy = replies(model, tok, prompts, device, s.batch_size, s.max_new_tokens)
     torch.manual_seed(s.seed)
-    sampled = replies(model, tok, prompts, device, s.batch_size, s.max_new_tokens, k=s.samples,
-                      temperature=s.temperature)
-    pairs, seen = label(rows, [g + x for g, x in zip(greedy, sampled)])
-    greedy_right = sum(check(g[0], r["answer"]) for g, r in zip(greedy, rows))
+    texts = replies(model, tok, prompts, device, s.batch_size, s.max_new_tokens, k=s.samples,
+                    temperature=s.temperature, greedy=True)
+    pairs, seen = label(rows, texts)
+    greedy_right = sum(check(t[0], r["answer"]) for t, r in zip(texts, rows))
     seen["greedy_accuracy"] = round(greedy_right / max(1, len(rows)), 4)
     seen["sample_accuracy"] = round((seen.pop("samples_right") - greedy_right) / max(1, len(rows) * s.samples), 4)
     return pairs, seen

@@ -23,3 +23,21 @@ def test_shapes_seeding_and_what_it_leaves_to_torch():
     assert torch.equal(first, sample.multinomial(torch.ones(8, 50), 1, generator=g.manual_seed(3)))
     two = sample.multinomial(torch.ones(4, 10), 2)  # more than one draw per row: torch's own
     assert two.shape == (4, 2) and all(len(set(r.tolist())) == 2 for r in two)
+
+
+def test_decode_matches_generate_and_shares_each_prompts_cache(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(tiny_model), AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tok.padding_side = "left"
+    enc = tok(["def f(x):", "import os", "class A(object): pass"], return_tensors="pt", padding=True)
+    args = (enc["input_ids"], enc["attention_mask"], 6, tok.eos_token_id, tok.pad_token_id)
+    greedy = sample.decode(model, *args, [0.0])
+    want = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert torch.equal(greedy, want[:, enc["input_ids"].shape[1]:][:, :greedy.shape[1]])
+    torch.manual_seed(0)
+    mixed = sample.decode(model, *args, [0.0, 1.0, 1e-4])  # per prompt: greedy, sampled, sampled nearly greedy
+    torch.manual_seed(0)
+    assert torch.equal(mixed, sample.decode(model, *args, [0.0, 1.0, 1e-4]))
+    assert torch.equal(mixed[0::3], greedy) and torch.equal(mixed[2::3], greedy)  # each row reads its own prompt
+    assert not torch.equal(mixed[1::3], greedy)
