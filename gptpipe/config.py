@@ -295,6 +295,7 @@ class RL(Post):
     temperature: float = Field(gt=0)
     beta: float = Field(ge=0)                  # KL penalty to the SFT policy
     reward_weights: RewardWeights
+    filter_prompts: int = Field(ge=0)          # prompts answered first; training keeps those with mixed groups; 0 = all
 
     @model_validator(mode="after")
     def _groups(self):

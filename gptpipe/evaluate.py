@@ -89,24 +89,6 @@ def samples(model, tok, e: Evaluate, device, name: str) -> list[dict]:
     return out
 
 
-def replies(model, tok, prompts: list[list[dict]], device, batch: int = 32, max_new_tokens: int = 12,
-            k: int = 1, temperature: float = 0.0, greedy: bool = False) -> list[list[str]]:
-    """Replies to each chat prompt: k greedy ones when temperature is 0 (all alike), else k sampled (seed torch
-    first) after a greedy one if `greedy`. Batched, left-padded, KV cache, each stopping at the end-of-turn token."""
-    tok.padding_side = "left"
-    model.eval().to(device)
-    temps = [0.0] * greedy + [float(temperature)] * k
-    out = []
-    for i in range(0, len(prompts), batch):
-        enc = tok.apply_chat_template(prompts[i:i + batch], add_generation_prompt=True, padding=True,
-                                      return_tensors="pt", return_dict=True).to(device)
-        new = sample.decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, tok.eos_token_id,
-                            tok.pad_token_id, temps)
-        texts = tok.batch_decode(new, skip_special_tokens=True)
-        out += [texts[j:j + len(temps)] for j in range(0, len(texts), len(temps))]
-    return out
-
-
 def task_accuracy(model, tok, rows: list[dict], device, name: str, batch: int = 32,
                   max_new_tokens: int = 12) -> tuple[list[dict], list[dict], list[bool]]:
     """Greedy answers to held-out task prompts, scored by exact match.
@@ -116,7 +98,7 @@ def task_accuracy(model, tok, rows: list[dict], device, name: str, batch: int = 
     """
     from gptpipe.tasks import check
 
-    answers = replies(model, tok, [r["prompt"] for r in rows], device, batch, max_new_tokens)
+    answers = sample.replies(model, tok, [r["prompt"] for r in rows], device, batch, max_new_tokens)
     hits = [check(a[0], r["answer"]) for r, a in zip(rows, answers)]
     correct: dict[str, list[bool]] = {}
     for r, h in zip(rows, hits):

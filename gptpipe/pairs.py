@@ -19,7 +19,7 @@ import torch
 from gptpipe.artifacts import require
 from gptpipe.config import Pairs, Params
 from gptpipe.dist import Proc
-from gptpipe.evaluate import replies
+from gptpipe.sample import replies
 from gptpipe.tasks import assistant, check
 
 

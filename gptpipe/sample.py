@@ -61,3 +61,21 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eo
         mask, pos = torch.cat([mask, mask.new_ones(len(mask), 1)], 1), pos + 1
         logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache).logits[:, -1]
     return torch.stack(out, 1)
+
+
+def replies(model, tok, prompts: list[list[dict]], device, batch: int = 32, max_new_tokens: int = 12,
+            k: int = 1, temperature: float = 0.0, greedy: bool = False) -> list[list[str]]:
+    """Replies to each chat prompt: k greedy ones when temperature is 0 (all alike), else k sampled (seed torch
+    first) after a greedy one if `greedy`. Batched, left-padded, KV cache, each stopping at the end-of-turn token."""
+    tok.padding_side = "left"
+    model.eval().to(device)
+    temps = [0.0] * greedy + [float(temperature)] * k
+    out = []
+    for i in range(0, len(prompts), batch):
+        enc = tok.apply_chat_template(prompts[i:i + batch], add_generation_prompt=True, padding=True,
+                                      return_tensors="pt", return_dict=True).to(device)
+        new = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, tok.eos_token_id,
+                            tok.pad_token_id, temps)
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        out += [texts[j:j + len(temps)] for j in range(0, len(texts), len(temps))]
+    return out

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from gptpipe import chat, evaluate
+from gptpipe import chat, sample
 from gptpipe import gguf as g
 from gptpipe.model import llama_config, save
 from gptpipe.tasks import assistant, user
@@ -58,7 +58,7 @@ def one_shot(model: Path, question: str) -> subprocess.CompletedProcess:
 def test_one_shot_greedy_equals_generate(chatty, chatty_gguf):
     bot = chat.load(chatty)
     questions = [c[0]["content"] for c in CONVERSATIONS]
-    want = [r[0].strip() for r in evaluate.replies(bot.model, bot.tok, [[user(q)] for q in questions], "cpu", batch=1)]
+    want = [r[0].strip() for r in sample.replies(bot.model, bot.tok, [[user(q)] for q in questions], "cpu", batch=1)]
     assert want[-3:] == ["71", "50", "40"] and want[0] == "Hi bob!", "the fixture memorized its answers"
     for model, (q, a) in ((chatty, (questions[0], want[0])), (chatty_gguf, (questions[-1], want[-1]))):
         r = one_shot(model, q)

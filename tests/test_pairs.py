@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from gptpipe import pairs, tasks
 from gptpipe.config import Pairs
 from gptpipe.dist import Proc
-from gptpipe.evaluate import replies
+from gptpipe.sample import replies
 
 
 def row(q, a, task="copy"):

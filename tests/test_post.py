@@ -230,6 +230,36 @@ def test_checker_reward_scores_the_reply_by_exact_match():
     assert checker(done, answer=["blue", "blue", "blue"]) == [1.0, 1.0, 0.0]
 
 
+def test_mixed_keeps_the_prompts_whose_group_disagrees():
+    from gptpipe.post.rl import mixed
+
+    rows = [{"prompt": q, "answer": "x"} for q in "abc"]
+    assert mixed(rows, [["x", "y"], ["x.", " x"], ["y", "z"]]) == rows[:1]  # b always right, c never
+
+
+def test_rl_trains_on_the_prompts_its_policy_gets_right_sometimes(micro_data, tiny_model):
+    from gptpipe import sample
+    from gptpipe.post.rl import informative
+    from gptpipe.tasks import user
+
+    p, _ = micro_data
+    tok, model = AutoTokenizer.from_pretrained(tiny_model), AutoModelForCausalLM.from_pretrained(tiny_model)
+    s = p.rl.model_copy(update={"filter_prompts": 6, "num_generations": 4, "temperature": 1.0})
+    rows = [{"task": "t", "prompt": [user(f"question {i}")], "answer": "no reply says this"} for i in range(8)]
+    torch.manual_seed(s.seed)  # the replies the filter will see: rig two rows to be right once, or more but not always
+    seen = sample.replies(model, tok, [r["prompt"] for r in rows[:6]], "cpu", 64, s.max_completion_length, k=4, temperature=1.0)
+    rigged = [i for i, texts in enumerate(seen) if texts[0].strip() and len({t.strip() for t in texts}) > 1][:2]
+    for i in rigged:
+        rows[i]["answer"] = seen[i][0].strip().splitlines()[0].rstrip(".").strip()
+    kept, counts = informative(s, model, tok, rows, "cpu")
+    assert len(rigged) == 2 and kept == [rows[i] for i in rigged]
+    assert counts == {"prompts_sampled": 6, "prompts_mixed": 2}
+    for r in rows:
+        r["answer"] = "no reply says this"
+    assert informative(s, model, tok, rows, "cpu") == (rows, {"prompts_sampled": 6, "prompts_mixed": 0})  # none: all
+    assert informative(s.model_copy(update={"filter_prompts": 0}), model, tok, rows, "cpu") == (rows, {})
+
+
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_rl_trains_with_reward_model_and_checker_and_logs_kl_and_clipping(micro_data, base, chat, cwd, algorithm):
     from gptpipe.post import reward, rl
@@ -239,9 +269,9 @@ def test_rl_trains_with_reward_model_and_checker_and_logs_kl_and_clipping(micro_
     for part in reward.load(base, fresh_head=True):
         part.save_pretrained(rm)
     both = p.rl.reward_weights.model_copy(update={"model": 1.0, "checker": 1.0})  # the default leaves the model out
-    s = p.rl.model_copy(update={"algorithm": algorithm, "epochs": 0.5, "reward_weights": both})  # 5 steps: one logged
+    s = p.rl.model_copy(update={"algorithm": algorithm, "epochs": 0.5, "reward_weights": both, "filter_prompts": 16})
     m = rl.train(p.model_copy(update={"rl": s}), PROC, policy=base, reward_model=rm, prompts=chat / "rl.jsonl", out=cwd / "rl")
-    assert m["algorithm"] == algorithm and m["steps"] > 0 and m["kl_last"] is not None
+    assert m["algorithm"] == algorithm and m["steps"] > 0 and m["kl_last"] is not None and m["prompts_sampled"] == 16
     assert m["reward_last"] is not None and (m["clip_ratio_last"] is not None or algorithm == "rloo")
     assert "reward" in (cwd / "plots/rl.csv").read_text().splitlines()[0]
     assert AutoModelForCausalLM.from_pretrained(cwd / "rl").config.model_type == "llama"

@@ -13,7 +13,7 @@ import pytest
 from conftest import free_port
 from test_chat import CONVERSATIONS, GPTPIPE, chatty  # noqa: F401 - the fixture is used by name
 
-from gptpipe import chat, evaluate, tasks
+from gptpipe import chat, sample, tasks
 from gptpipe.tasks import user
 
 KEY = "test-key"
@@ -23,7 +23,7 @@ QUESTIONS = [c[0]["content"] for c in CONVERSATIONS]
 @pytest.fixture(scope="module")
 def greedy(chatty):  # noqa: F811
     bot = chat.load(chatty)
-    return {q: r[0].strip() for q, r in zip(QUESTIONS, evaluate.replies(
+    return {q: r[0].strip() for q, r in zip(QUESTIONS, sample.replies(
         bot.model, bot.tok, [[user(q)] for q in QUESTIONS], "cpu", batch=1, max_new_tokens=16))}
 
 
