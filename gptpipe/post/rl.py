@@ -6,9 +6,9 @@ does the same with a leave-one-out baseline. The reward is a weighted sum of the
 score and the task checker's verdict (rl.reward_weights).
 
 A group whose completions all score alike has no advantage and gives no gradient, and most groups agree once
-DPO has run (22% of 5,000 prompts gave a mixed group of 8). So before training the policy answers the first
-`rl.filter_prompts` prompts as GRPO would (num_generations samples at its temperature, seeded), and RL trains
-on those it gets right sometimes but not always: DAPO's dynamic sampling, done once, up front.
+DPO has run (22% of 5,000 prompts gave a mixed group of 8). With `rl.filter_prompts` the policy first answers
+that many prompts as GRPO would (num_generations samples at its temperature, seeded), and RL trains on those
+it gets right sometimes but not always: DAPO's dynamic sampling, done once, up front.
 """
 
 from __future__ import annotations
