@@ -59,7 +59,8 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eo
         if done.all():
             break
         mask, pos = torch.cat([mask, mask.new_ones(len(mask), 1)], 1), pos + 1
-        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache).logits[:, -1]
+        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
+                       past_key_values=cache).logits[:, -1]
     return torch.stack(out, 1)
 
 
@@ -75,7 +76,7 @@ def replies(model, tok, prompts: list[list[dict]], device, batch: int = 32, max_
         enc = tok.apply_chat_template(prompts[i:i + batch], add_generation_prompt=True, padding=True,
                                       return_tensors="pt", return_dict=True).to(device)
         new = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, tok.eos_token_id,
-                            tok.pad_token_id, temps)
+                     tok.pad_token_id, temps)
         texts = tok.batch_decode(new, skip_special_tokens=True)
         out += [texts[j:j + len(temps)] for j in range(0, len(texts), len(temps))]
     return out

@@ -13,9 +13,8 @@ it gets right sometimes but not always: DAPO's dynamic sampling, done once, up f
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import collections
+from pathlib import Path
 
 import torch
 
@@ -44,8 +43,9 @@ def informative(s: RL, model, tok, rows: list[dict], device) -> tuple[list[dict]
         return rows, {}
     head = rows[:s.filter_prompts]
     torch.manual_seed(s.seed)
-    kept = mixed(head, sample.replies(model, tok, [r["prompt"] for r in head], device, 64, s.max_completion_length,
-                               k=s.num_generations, temperature=s.temperature))
+    texts = sample.replies(model, tok, [r["prompt"] for r in head], device, 64, s.max_completion_length,
+                           k=s.num_generations, temperature=s.temperature)
+    kept = mixed(head, texts)
     print(f"rl: {len(kept)} of {len(head)} prompts give a mixed group ({s.num_generations} samples at temperature "
           f"{s.temperature}); per task {dict(collections.Counter(r.get('task') for r in kept))}"
           + ("" if kept else f"; none does, so RL trains on all {len(rows)}"), flush=True)
@@ -72,7 +72,8 @@ def train(p: Params, proc, *, policy: Path, reward_model: Path, prompts: Path, o
                  temperature=s.temperature, max_completion_length=s.max_completion_length, beta=s.beta,
                  reward_weights=weights)
     data = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
-    trainer = Trainer(model=model, reward_funcs=funcs, args=cfg, train_dataset=data, processing_class=tok, reward_processing_classes=classes)
+    trainer = Trainer(model=model, reward_funcs=funcs, args=cfg, train_dataset=data, processing_class=tok,
+                      reward_processing_classes=classes)
     metrics = fit(trainer, "rl")
     save(trainer, out)
     return {**metrics, **seen, "algorithm": s.algorithm, "reward_first": logged(trainer, "reward", 0),
