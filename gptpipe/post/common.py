@@ -83,9 +83,14 @@ def use_plain_lm_head() -> None:
 
 def dataset(path: Path, keys: tuple[str, ...], made_by: str):
     """A `datasets.Dataset` of a stage's JSON lines, with just the columns the trainer reads."""
+    return rows_dataset(read_jsonl(path, keys, made_by=made_by), keys)
+
+
+def rows_dataset(rows: list[dict], keys: tuple[str, ...]):
+    """A `datasets.Dataset` of rows, with just the columns `keys`."""
     from datasets import Dataset
 
-    return Dataset.from_list([{k: r[k] for k in keys} for r in read_jsonl(path, keys, made_by=made_by)])
+    return Dataset.from_list([{k: r[k] for k in keys} for r in rows])
 
 
 def ckpt_dir(stage: str, s: Post, inputs: tuple[Path, ...]) -> Path:

@@ -22,7 +22,10 @@ from gptpipe import sample, tasks
 from gptpipe.config import RL, Params
 from gptpipe.io import read_jsonl
 from gptpipe.post import reward
-from gptpipe.post.common import fit, load_policy, logged, save, trainer_args
+from gptpipe.post.common import fit, load_policy, logged, rows_dataset, save, trainer_args
+
+PROMPTS = ("prompt", "answer")  # the columns GRPO reads: the prompt, and the answer the checker takes
+FILTER_BATCH = 64  # prompts per decode call while filtering, as pairs.batch_size
 
 
 def checker(completions, answer, **_) -> list[float]:
@@ -43,7 +46,7 @@ def informative(s: RL, model, tok, rows: list[dict], device) -> tuple[list[dict]
         return rows, {}
     head = rows[:s.filter_prompts]
     torch.manual_seed(s.seed)
-    texts = sample.replies(model, tok, [r["prompt"] for r in head], device, 64, s.max_completion_length,
+    texts = sample.replies(model, tok, [r["prompt"] for r in head], device, FILTER_BATCH, s.max_completion_length,
                            k=s.num_generations, temperature=s.temperature)
     kept = mixed(head, texts)
     print(f"rl: {len(kept)} of {len(head)} prompts give a mixed group ({s.num_generations} samples at temperature "
@@ -54,7 +57,6 @@ def informative(s: RL, model, tok, rows: list[dict], device) -> tuple[list[dict]
 
 def train(p: Params, proc, *, policy: Path, reward_model: Path, prompts: Path, out: Path) -> dict:
     """The rl stage: models/<rl.start> -> models/rl, rewarded by the checker and/or the reward model."""
-    from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     s, wb = p.rl, p.wandb
@@ -66,14 +68,13 @@ def train(p: Params, proc, *, policy: Path, reward_model: Path, prompts: Path, o
     if s.reward_weights.checker:
         funcs, classes, weights = [*funcs, checker], [*classes, None], [*weights, s.reward_weights.checker]
     tok, model = load_policy(policy)
-    rows, seen = informative(s, model, tok, read_jsonl(prompts, ("prompt", "answer"), made_by="tasks"), proc.device)
+    rows, seen = informative(s, model, tok, read_jsonl(prompts, PROMPTS, made_by="tasks"), proc.device)
     sample.use_inverse_cdf()  # the trainer samples its completions with transformers' generate
     cfg = Config(**trainer_args(s, wb, "rl", policy, reward_model, prompts), num_generations=s.num_generations,
                  temperature=s.temperature, max_completion_length=s.max_completion_length, beta=s.beta,
                  reward_weights=weights)
-    data = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
-    trainer = Trainer(model=model, reward_funcs=funcs, args=cfg, train_dataset=data, processing_class=tok,
-                      reward_processing_classes=classes)
+    trainer = Trainer(model=model, reward_funcs=funcs, args=cfg, train_dataset=rows_dataset(rows, PROMPTS),
+                      processing_class=tok, reward_processing_classes=classes)
     metrics = fit(trainer, "rl")
     save(trainer, out)
     return {**metrics, **seen, "algorithm": s.algorithm, "reward_first": logged(trainer, "reward", 0),
