@@ -14,6 +14,8 @@ memory-bound (large models, GPUs).
 
 from __future__ import annotations
 
+import json
+import struct
 import time
 from pathlib import Path
 
@@ -37,6 +39,23 @@ def config(q: Quantize, device: torch.device):
                             "use int8 on CPU")
         return Int4WeightOnlyConfig(group_size=q.group_size)
     return Int8WeightOnlyConfig()
+
+
+def sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's metadata in key order, in place. safetensors keeps the metadata in a hash map
+    whose order changes from one save to the next, and torchao writes an entry per tensor: the same weights made
+    files with different bytes, and every stage after quantize reran. Same JSON, reordered: same length."""
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        if "__metadata__" not in header:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:
+            raise RuntimeError(f"{path}: its header sorted is longer than before ({len(text)} > {n} bytes)")
+        f.seek(8)
+        f.write(text.ljust(n))
 
 
 def weights_bytes(path: Path) -> int:
@@ -78,6 +97,8 @@ def run(p: Params, proc: Proc, *, source: Path, out: Path) -> dict:
     model.eval()
     after = tokens_per_s(model, tok, device, q.bench_tokens)
     model.save_pretrained(out)
+    for f in Path(out).glob("*.safetensors"):
+        sort_metadata(f)
     tok.save_pretrained(out)
     m = {"model": p.export.model, "scheme": q.scheme, "bytes_before": weights_bytes(source),
          "bytes_after": weights_bytes(out), "tokens_per_s_before": round(before, 1), "tokens_per_s_after": round(after, 1)}

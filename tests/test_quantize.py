@@ -33,6 +33,20 @@ def test_int8_shrinks_reloads_without_pickle_and_stays_close(model_dir, tmp_path
     assert (a - b).abs().max() < 0.05 * a.abs().max()
 
 
+def test_same_weights_give_the_same_bytes(model_dir, tmp_path):
+    """safetensors orders the metadata differently on each save; quantize sorts it, so a rerun changes nothing."""
+    p, src = model_dir
+    p = p.model_copy(update={"quantize": p.quantize.model_copy(update={"bench_tokens": 2})})
+    files = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        quantize.run(p, Proc(0, 1, 0, torch.device("cpu")), source=src, out=tmp_path / name)
+        files.append((tmp_path / name / "model.safetensors").read_bytes())
+    assert files[0] == files[1]
+    with safe_open(tmp_path / "a" / "model.safetensors", "pt") as f:
+        assert len(f.metadata()) > 2  # torchao's entry per tensor: the case whose order varied
+
+
 def test_int4_on_cpu_is_refused_before_work(model_dir):
     p, _ = model_dir
     with pytest.raises(UserError, match="quantize.scheme.*CUDA"):
