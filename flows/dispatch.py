@@ -21,7 +21,7 @@ from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Cancelled, Completed, Crashed, Failed
 
 from flows import remote, repro
@@ -37,6 +37,7 @@ STATE_NAMES = {repro.RAN: "Ran", repro.SKIPPED: "Skipped", repro.CACHED: "Cached
 OUTCOMES = {v: k for k, v in STATE_NAMES.items()}
 WORKER_TAG = "worker:"  # a child tags its flow run with the worker that runs it, for the parent to watch
 BAD_INPUT = "BadInput"  # a child's Failed state with this name fails the same way again: not retried
+PARENT_WAIT_S = 30  # how long a child's creation waits for the server to have written its parent task run
 
 
 class ChildFailed(repro.StageFailed):
@@ -122,6 +123,21 @@ def run_name(stage: str, node: int) -> str:
     return f"{stage}-node{node}" if node else stage
 
 
+def create_child(c, deployment_id, *, parent, key: str, **kw):
+    """A flow run of the deployment, child of task run `parent`. The server writes a task run from the events its
+    client sends, so under load the child can name a parent not written yet: a 409 (foreign key failed), seen
+    once in the distributed test. Asked again each second for PARENT_WAIT_S; the idempotency key makes it safe."""
+    deadline = time.monotonic() + PARENT_WAIT_S
+    while True:
+        try:
+            return c.create_flow_run_from_deployment(deployment_id, parent_task_run_id=parent, idempotency_key=key,
+                                                     **kw)
+        except PrefectHTTPStatusError as e:
+            if e.response.status_code != 409 or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 @task(task_run_name="{name}", cache_policy=NO_CACHE, retry_condition_fn=repro.worth_retrying)
 def dispatch(name: str, deployment: str, pool: str, parameters: dict, env: dict, timeout_s: float):
     """Start the stage's child flow run (named `name`) on its pool and wait for it; its state becomes this task's."""
@@ -132,8 +148,8 @@ def dispatch(name: str, deployment: str, pool: str, parameters: dict, env: dict,
         me = TaskRunContext.get().task_run
         # Keyed to this try: when the server is slow to answer, the client sends the request again, and without the
         # key that made a second run of the stage (the first ran it, the one watched here found it done: "skipped").
-        run = c.create_flow_run_from_deployment(d.id, parameters=parameters, name=name, job_variables={"env": env},
-                                                parent_task_run_id=me.id, idempotency_key=f"{me.id}-{me.run_count}")
+        run = create_child(c, d.id, parent=me.id, key=f"{me.id}-{me.run_count}", parameters=parameters, name=name,
+                           job_variables={"env": env})
         log.info(f"{name}: flow run {run.name} ({run.id}) on {deployment}, pool {pool}")
         deadline = time.monotonic() + timeout_s
         while not (state := (now := c.read_flow_run(run.id)).state).is_final():

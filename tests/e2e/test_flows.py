@@ -296,3 +296,33 @@ def test_deployment_runs_on_a_process_worker(built, prefect_server, prefect_env,
     finally:
         stop(worker)
     assert count() == before + 1
+
+
+def test_a_child_run_waits_for_its_parent_task_run(prefect_server):
+    """The server writes a task run from its client's events: a child flow run created before its parent is written
+    gets a 409, and dispatch asks again until the parent is there."""
+    import threading
+    import uuid
+
+    from prefect import get_client, task
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from flows.dispatch import create_child
+
+    @task
+    def parent_task():
+        pass
+
+    with get_client(sync_client=True) as c:
+        deployment = c.create_deployment(c.create_flow_from_name("parent-race"), "parent-race")
+        with pytest.raises(PrefectHTTPStatusError, match="409"):
+            c.create_flow_run_from_deployment(deployment, parent_task_run_id=uuid.uuid4())
+        parent = uuid.uuid4()
+
+        def write_parent():
+            with get_client(sync_client=True) as late:
+                late.create_task_run(parent_task, None, "0", id=parent)
+
+        threading.Timer(2, write_parent).start()
+        child = create_child(c, deployment, parent=parent, key=f"{parent}-1", name="child")
+    assert child.parent_task_run_id == parent
