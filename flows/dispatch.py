@@ -151,15 +151,17 @@ def dispatch(name: str, deployment: str, pool: str, parameters: dict, env: dict,
         run = create_child(c, d.id, parent=me.id, key=f"{me.id}-{me.run_count}", parameters=parameters, name=name,
                            job_variables={"env": env})
         log.info(f"{name}: flow run {run.name} ({run.id}) on {deployment}, pool {pool}")
-        deadline = time.monotonic() + timeout_s
+        deadline, seen = time.monotonic() + timeout_s, None
         while not (state := (now := c.read_flow_run(run.id)).state).is_final():
-            if state.is_running() and runner_online(c, pool, now.tags):
-                deadline = time.monotonic() + timeout_s  # its worker is there: wait as long as the stage takes
-            elif time.monotonic() > deadline:  # nobody took it, or the worker running it died
+            # each step (scheduled, taken by a worker, running) gets timeout_s; running, as long as its worker is there
+            if state.type != seen or (state.is_running() and runner_online(c, pool, now.tags)):
+                deadline, seen = time.monotonic() + timeout_s, state.type
+            elif time.monotonic() > deadline:  # nobody took it or started it, or the worker running it died
                 running = state.is_running()
                 why = (f"stage {stage!r}: " + (f"the worker running it on pool {pool} has been offline for "
                        f"{timeout_s:.0f} s (marked crashed)" if running
-                       else f"no worker of pool {pool} took it within {timeout_s:.0f} s")
+                       else f"no worker of pool {pool} {'started' if state.is_pending() else 'took'} it within "
+                            f"{timeout_s:.0f} s")
                        + f": start one (`gptpipe worker --pool {pool}` in a checkout on that machine) and run again, "
                        "or raise flow.worker_timeout_s")
                 c.set_flow_run_state(run.id, Crashed(message=why) if running else Cancelled(message=why), force=True)

@@ -257,10 +257,11 @@ def test_a_worker_killed_mid_stage(built, fleet, prefect_env):
     locks = {c: yaml.safe_load((c / "dvc.lock").read_text()) for c in (cpu, *gpus)}
     since = datetime.now(timezone.utc)
     log = root / "killed-run.log"
-    # Every clone has the same params (the children check): a short wait for a worker of the pool, for the kill.
+    # Every clone has the same params (the children check): a short wait for a worker of the pool, for the kill
+    # (10 s once timed out before a worker on the loaded machine had started the child).
     with ExitStack() as stack:
         for c in (cpu, *gpus):
-            stack.enter_context(edited(c, "flow.worker_timeout_s=10"))
+            stack.enter_context(edited(c, "flow.worker_timeout_s=20"))
         parent = subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "flow", "run", "--workspace", str(cpu),
                                    "--stage", "pretrain", "--force", "pretrain"], cwd=cpu, env=prefect_env,
                                   stdout=open(log, "w"), stderr=subprocess.STDOUT)
