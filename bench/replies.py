@@ -19,6 +19,8 @@ from gptpipe import sample
 from gptpipe.io import read_jsonl
 from gptpipe.model import load_pretrained
 
+NEW_TOKENS = 12  # per reply, as pairs.max_new_tokens: both loops decode the same length
+
 
 def generate(model, tok, prompts: list, batch: int, k: int, temperature: float) -> list[list[str]]:
     sampling = {"do_sample": True, "temperature": temperature, "top_k": None, "top_p": 1.0} if temperature \
@@ -28,8 +30,8 @@ def generate(model, tok, prompts: list, batch: int, k: int, temperature: float) 
         enc = tok.apply_chat_template(prompts[i:i + batch], add_generation_prompt=True, padding=True,
                                       return_tensors="pt", return_dict=True)
         with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=12, num_return_sequences=k, eos_token_id=tok.eos_token_id,
-                                 pad_token_id=tok.pad_token_id, **sampling)
+            gen = model.generate(**enc, max_new_tokens=NEW_TOKENS, num_return_sequences=k,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **sampling)
         texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         out += [texts[j:j + k] for j in range(0, len(texts), k)]
     return out
@@ -54,7 +56,7 @@ def main() -> None:
     old = time.perf_counter() - t
     t = time.perf_counter()
     torch.manual_seed(0)
-    new = sample.replies(model, tok, prompts, "cpu", a.batch, 12, k=a.samples, temperature=1.0, greedy=True)
+    new = sample.replies(model, tok, prompts, "cpu", a.batch, NEW_TOKENS, k=a.samples, temperature=1.0, greedy=True)
     now = time.perf_counter() - t
     same = sum(g == n[:1] for g, n in zip(greedy, new))
     print(f"{len(prompts)} prompts x (greedy + {a.samples} samples), {a.batch} prompts a batch, "
