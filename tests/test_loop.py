@@ -149,3 +149,38 @@ def test_checkpoint_of_other_params_is_ignored(micro_data, tmp_path, monkeypatch
     assert ckpt.latest(tmp_path / "ck", "new-params") is None
     (tmp_path / "ck" / ".tmp_step_0000020").mkdir()  # an interrupted save is never picked
     assert ckpt.latest(tmp_path / "ck", "old-params").name == "step_0000010"
+
+
+def test_bf16_on_cpu_keeps_attention_in_fp32_and_gives_it_back(micro_data, tmp_path, monkeypatch):
+    """pretrain.dtype bfloat16 on CPU: the matmuls run in bf16 (AMX), attention in fp32 (its bf16 backward was
+    the slowest op); the model leaves the loop with the attention it came with, and its config never names ours."""
+    from transformers.integrations import sdpa_attention
+
+    from gptpipe.model import FP32_ATTENTION
+
+    seen = []
+
+    def recording(module, q, k, v, mask, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa(module, q, k, v, mask, **kw)
+
+    sdpa = sdpa_attention.sdpa_attention_forward
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", recording)
+    model, t, kw = setup_run(micro_data, tmp_path, monkeypatch, dtype="bfloat16", compile=False)
+    m = loop.train(model, t, dist.setup(CPU), loop.Run(ckpt_root=tmp_path / "ck", **kw))
+    assert seen and set(seen) == {(torch.float32,) * 3 + (False,)}
+    first_loss = float((tmp_path / "plots/pretrain.csv").read_text().splitlines()[1].split(",")[2])
+    assert m["final_loss"] < first_loss - 0.5
+    assert model.config._attn_implementation == "sdpa" and model.lm_head.weight.dtype == torch.float32
+    model.save_pretrained(tmp_path / "out")
+    assert FP32_ATTENTION not in (tmp_path / "out/config.json").read_text()
+
+
+def test_auto_dtype_is_bf16_on_cuda_and_on_cpus_with_amx(micro_data, monkeypatch):
+    t = micro_data[0].pretrain.model_copy(update={"dtype": "auto"})
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for amx in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        assert loop.bf16(t, cpu) is amx and loop.bf16(t, cuda)
+    assert not loop.bf16(t.model_copy(update={"dtype": "float32"}), cuda)
+    assert loop.bf16(t.model_copy(update={"dtype": "bfloat16"}), cpu)
