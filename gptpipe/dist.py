@@ -97,6 +97,13 @@ def check_rendezvous(stage: str, t: Train) -> int:
             time.sleep(0.5)
 
 
+def bf16(dtype: str, device_type: str) -> bool:
+    """Whether to train under bf16 autocast: asked for, or (auto) on CUDA and on a CPU with AMX, bf16 matrix units."""
+    if dtype == "auto":
+        return device_type == "cuda" or (device_type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", bool)())
+    return dtype == "bfloat16"
+
+
 def wants_cuda(d: Device) -> bool:
     """Whether device params pick CUDA here; asking for cuda where none is visible is an error."""
     if d.type == "cuda" and not torch.cuda.is_available():

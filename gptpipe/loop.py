@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from gptpipe import ckpt
 from gptpipe.config import Train, Wandb
-from gptpipe.dist import Proc, agree, all_mean, barrier
+from gptpipe.dist import Proc, agree, all_mean, barrier, bf16
 from gptpipe.errors import UserError
 from gptpipe.io import RunLog, write_plot
 from gptpipe.model import fp32_attention
@@ -97,15 +97,8 @@ def make_optimizer(model, t: Train, device: torch.device) -> Optimizers:
     return Optimizers(*opts)
 
 
-def bf16(t: Train, device: torch.device) -> bool:
-    """bf16 autocast: asked for, or (auto) on CUDA and on a CPU with AMX, bf16 matrix units."""
-    if t.dtype == "auto":
-        return device.type == "cuda" or (device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", bool)())
-    return t.dtype == "bfloat16"
-
-
 def autocast(t: Train, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16(t, device) else nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16(t.dtype, device.type) else nullcontext()
 
 
 def lm_loss(model, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -214,7 +207,7 @@ def train(model, t: Train, proc: Proc, run: Run) -> dict:
     torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
     model.to(proc.device).train()
     attention = model.config._attn_implementation
-    if bf16(t, proc.device) and proc.device.type == "cpu":  # a step ran at 1.45x fp32's, all bf16 at 1.1-1.6x
+    if bf16(t.dtype, proc.device.type) and proc.device.type == "cpu":  # a step ran at 1.45x fp32's, all bf16 at 1.1-1.6x
         attention = fp32_attention(model)
     opt = make_optimizer(model, t, proc.device)
     start, history, state = 0, [], {}

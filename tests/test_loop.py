@@ -176,11 +176,8 @@ def test_bf16_on_cpu_keeps_attention_in_fp32_and_gives_it_back(micro_data, tmp_p
     assert FP32_ATTENTION not in (tmp_path / "out/config.json").read_text()
 
 
-def test_auto_dtype_is_bf16_on_cuda_and_on_cpus_with_amx(micro_data, monkeypatch):
-    t = micro_data[0].pretrain.model_copy(update={"dtype": "auto"})
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+def test_auto_dtype_is_bf16_on_cuda_and_on_cpus_with_amx(monkeypatch):
     for amx in (True, False):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-        assert loop.bf16(t, cpu) is amx and loop.bf16(t, cuda)
-    assert not loop.bf16(t.model_copy(update={"dtype": "float32"}), cuda)
-    assert loop.bf16(t.model_copy(update={"dtype": "bfloat16"}), cpu)
+        assert dist.bf16("auto", "cpu") is amx and dist.bf16("auto", "cuda")
+    assert not dist.bf16("float32", "cuda") and dist.bf16("bfloat16", "cpu")

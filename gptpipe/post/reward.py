@@ -12,7 +12,7 @@ import torch
 
 from gptpipe.config import Params
 from gptpipe.model import load_pretrained
-from gptpipe.post.common import dataset, fit, logged, save, trainer_args
+from gptpipe.post.common import dataset, fit, for_training, logged, save, trainer_args
 from gptpipe.tasks import PAIRS
 
 
@@ -34,6 +34,7 @@ def train(p: Params, proc, *, policy: Path, pairs: Path, out: Path) -> dict:
     s, wb = p.reward, p.wandb
     torch.manual_seed(s.seed)  # the new score head's init: the same seed makes the same reward model
     tok, model = load(policy, fresh_head=True)
+    model = for_training(model)
     cfg = RewardConfig(**trainer_args(s, wb, "reward", policy, pairs), max_length=s.max_length)
     trainer = RewardTrainer(model=model, args=cfg, train_dataset=dataset(pairs, PAIRS, "pairs"), processing_class=tok)
     metrics = fit(trainer, "reward")
