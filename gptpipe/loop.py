@@ -207,7 +207,7 @@ def train(model, t: Train, proc: Proc, run: Run) -> dict:
     torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
     model.to(proc.device).train()
     attention = model.config._attn_implementation
-    if bf16(t.dtype, proc.device.type) and proc.device.type == "cpu":  # a step ran at 1.45x fp32's, all bf16 at 1.1-1.6x
+    if bf16(t.dtype, proc.device.type) and proc.device.type == "cpu":  # a step at 1.45x fp32's; all bf16 1.1-1.6x
         attention = fp32_attention(model)
     opt = make_optimizer(model, t, proc.device)
     start, history, state = 0, [], {}

@@ -15,16 +15,16 @@ from transformers import TrainerCallback
 
 from gptpipe import ckpt
 from gptpipe.config import Post, Wandb
+from gptpipe.dist import bf16
 from gptpipe.errors import UserError, cause
 from gptpipe.io import read_jsonl, write_plot
-from gptpipe.dist import bf16
 from gptpipe.model import fp32_attention, load_pretrained
 
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")  # the trainer's dir for its state after N optimizer steps
 
 
 def load_policy(path: Path):
-    """The tokenizer and a causal LM in fp32, for training (the trainer's bf16 autocast, where there is one, takes over)."""
+    """The tokenizer and a causal LM in fp32, for training (the trainer's bf16 autocast, if any, takes over)."""
     tok, model = load_pretrained(path, dtype=torch.float32)
     return tok, for_training(model)
 
