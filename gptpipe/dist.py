@@ -97,8 +97,15 @@ def check_rendezvous(stage: str, t: Train) -> int:
             time.sleep(0.5)
 
 
-def bf16(dtype: str, device_type: str) -> bool:
-    """Whether to train under bf16 autocast: asked for, or (auto) on CUDA and on a CPU with AMX, bf16 matrix units."""
+def trainer_device() -> str:
+    """The device type a trainer gets here: cuda where torch sees one (stage.py hides it from a CPU run), else cpu."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bf16(dtype: str = "auto", device_type: str | None = None) -> bool:
+    """Whether to train under bf16 autocast: asked for, or (auto) on CUDA and on a CPU with AMX, bf16 matrix units.
+    The device type defaults to `trainer_device()`."""
+    device_type = device_type or trainer_device()
     if dtype == "auto":
         return device_type == "cuda" or (device_type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", bool)())
     return dtype == "bfloat16"

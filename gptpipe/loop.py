@@ -206,9 +206,7 @@ def train(model, t: Train, proc: Proc, run: Run) -> dict:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition, before its first matmul
     torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
     model.to(proc.device).train()
-    attention = model.config._attn_implementation
-    if bf16(t.dtype, proc.device.type) and proc.device.type == "cpu":  # a step at 1.45x fp32's; all bf16 1.1-1.6x
-        attention = fp32_attention(model)
+    attention = fp32_attention(model, t.dtype, proc.device.type)  # bf16 on a CPU: a step at 1.45x fp32's speed
     opt = make_optimizer(model, t, proc.device)
     start, history, state = 0, [], {}
     found = ckpt.latest(run.ckpt_root, run.key)

@@ -15,6 +15,7 @@ import torch
 from transformers import LlamaConfig
 
 from gptpipe.config import Model
+from gptpipe.dist import bf16
 from gptpipe.errors import UserError, cause
 from gptpipe.io import digest
 
@@ -66,10 +67,14 @@ def flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
 FP32_ATTENTION = "sdpa_fp32"
 
 
-def fp32_attention(model) -> str:
-    """Run the model's attention as the stock SDPA with autocast off and q, k, v in fp32; return the attention
-    it had, to give back with `model.set_attn_implementation`. Inside a CPU bf16 autocast the matmuls ran 5-7x
-    faster on AMX here, but bf16 attention's backward at half fp32's speed. The saved config.json still says sdpa."""
+def fp32_attention(model, dtype: str, device_type: str) -> str:
+    """Where training runs under bf16 autocast on a CPU (`dist.bf16`), run the model's attention as the stock SDPA
+    with autocast off and q, k, v in fp32; return the attention it had, to give back with
+    `model.set_attn_implementation`. Inside a CPU bf16 autocast the matmuls ran 5-7x faster on AMX here, but bf16
+    attention's backward at half fp32's speed. The saved config.json still says sdpa."""
+    had = model.config._attn_implementation
+    if device_type != "cpu" or not bf16(dtype, device_type):
+        return had
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -80,7 +85,6 @@ def fp32_attention(model) -> str:
 
     AttentionInterface.register(FP32_ATTENTION, sdpa_fp32)
     AttentionMaskInterface.register(FP32_ATTENTION, sdpa_mask)
-    had = model.config._attn_implementation
     model.set_attn_implementation(FP32_ATTENTION)
     return had
 

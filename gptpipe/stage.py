@@ -55,7 +55,8 @@ def run(stage: str, work: Callable[..., dict], *, launcher: Literal["torchrun", 
         os.environ.setdefault("WANDB_PROJECT", p.wandb.project)
         os.environ.setdefault("WANDB_MODE", p.wandb.mode)
     if launcher:
-        dist.relaunch(stage, getattr(p, stage), accelerate=launcher == "accelerate", bf16=launcher == "accelerate" and dist.bf16("auto", "cuda" if cuda else "cpu"))
+        accelerate = launcher == "accelerate"
+        dist.relaunch(stage, getattr(p, stage), accelerate=accelerate, bf16=accelerate and dist.bf16())
     proc = dist.setup(p.device, join=launcher != "accelerate")  # a trainer joins the process group it sets up
     startup, t0 = uptime(), time.perf_counter()
     with ExitStack() as stack:
