@@ -117,7 +117,6 @@ def trainer_args(s: Post, wb: Wandb, stage: str, *inputs: Path) -> dict:
     Every `ckpt_every` steps the trainer checkpoints to `ckpt_dir` (only the newest kept), for `fit` to resume
     from after a kill; the stage saves the final model itself, atomically, and then deletes checkpoints/<stage>.
     """
-    cuda = torch.cuda.is_available()
     use_plain_lm_head()
     mode = os.environ.get("WANDB_MODE", wb.mode)
     # warmup_steps takes the ratio: transformers 5 reads a float in [0, 1) as a share of the steps (warmup_ratio is
@@ -127,7 +126,7 @@ def trainer_args(s: Post, wb: Wandb, stage: str, *inputs: Path) -> dict:
                 gradient_accumulation_steps=s.grad_accum, warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay,
                 lr_scheduler_type="cosine", logging_steps=5, save_strategy="steps" if s.ckpt_every else "no",
                 save_steps=s.ckpt_every, save_total_limit=1, seed=s.seed, data_seed=s.seed, bf16=bf16(),
-                use_cpu=not cuda, gradient_checkpointing=False, dataloader_num_workers=0,
+                use_cpu=trainer_device() == "cpu", gradient_checkpointing=False, dataloader_num_workers=0,
                 report_to=[] if mode == "disabled" else ["wandb"], disable_tqdm=False)
 
 
