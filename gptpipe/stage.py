@@ -5,7 +5,7 @@ work; relaunches under torchrun (our loop) or `accelerate launch` (the TRL stage
 asks for processes (or `nnodes` for machines: torchrun's c10d rendezvous, gptpipe/dist.py); hands each
 output path a temporary sibling that replaces it only if the work succeeds (rank 0, the first process of
 node 0, only: other ranks write to a throwaway folder); writes metrics/<stage>.json with `elapsed_s` and
-`device`; then deletes checkpoints/<stage> (on every node), which only serve a rerun of a killed run.
+`device` (with a training stage's precision, e.g. "cpu:2threads, bf16"); then deletes checkpoints/<stage> (on every node), which only serve a rerun of a killed run.
 
 Which paths are outputs is dvc.yaml's to say (gptpipe/artifacts.py): a path argument that is one of the
 stage's outs is written, any other is read. `${section.key}` in a path is filled from params, as in dvc.yaml.
@@ -73,8 +73,11 @@ def run(stage: str, work: Callable[..., dict], *, launcher: Literal["torchrun", 
         t1 = time.perf_counter()
     if proc.main and f"metrics/{stage}.json" in g["metrics"]:
         t2 = time.perf_counter()  # startup_s + elapsed_s is the stage's time: imports, work, outputs renamed
+        device = proc.label
+        if launcher:  # a training stage: its precision too, which follows the CPU kind (dist.bf16) and moves the bytes
+            device += ", bf16" if dist.bf16(getattr(getattr(p, stage), "dtype", "auto"), proc.device.type) else ", fp32"
         write_metrics(stage, {**metrics, "elapsed_s": round(t2 - t0, 2), "write_s": round(t2 - t1, 3),
-                              "startup_s": startup and round(startup, 2), "device": proc.label})
+                              "startup_s": startup and round(startup, 2), "device": device})
     if proc.local_rank == 0:  # each node keeps its own checkpoints (gptpipe/loop.py)
         shutil.rmtree(Path("checkpoints", stage), ignore_errors=True)
     dist.teardown(proc)

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from conftest import REPO, sh
+from gptpipe import dist
 
 pytestmark = pytest.mark.e2e
 ALL = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])  # every stage, in run order
@@ -53,7 +54,11 @@ def test_repro_builds_everything(built):
                  "data/pairs/train.jsonl", "data/pairs/heldout.jsonl", "reports/effects.json"]:
         assert (ws / path).exists(), path
     for stage in ALL[:-1]:
-        assert "elapsed_s" in json.loads((ws / f"metrics/{stage}.json").read_text())
+        m = json.loads((ws / f"metrics/{stage}.json").read_text())
+        assert "elapsed_s" in m and m["device"].startswith("cpu:")
+        # a training stage says its precision, which follows the CPU kind: one reason two machines' cards differ
+        trains = stage in ("pretrain", "midtrain", "sft", "lora", "reward", "dpo", "rl")
+        assert m["device"].endswith(", bf16" if dist.cpu_bf16() else ", fp32") is trains, (stage, m["device"])
     assert not list(ws.glob("**/.*.tmp-*")), "a temporary output was left behind"
     assert "tokens_per_s" in sh(["dvc", "metrics", "show", "--json"], ws).stdout
     table = sh(["dvc", "metrics", "show", "metrics/eval"], ws).stdout.splitlines()  # the README's command
