@@ -178,7 +178,7 @@ class Train(Section):
     muon_lr: float = Field(gt=0, lt=1)
     muon_momentum: float = Field(ge=0, lt=1)
     grad_clip: float = Field(ge=0)           # 0 = off
-    dtype: Literal["auto", "float32", "bfloat16"]  # auto: bf16 autocast on CUDA and on CPUs with AMX or AVX-512 BF16, else fp32
+    dtype: Literal["auto", "float32", "bfloat16"]  # auto: bf16 on CUDA and on CPUs with AMX or AVX-512 BF16, else fp32
     compile: bool
     deterministic: bool                      # torch's deterministic algorithms: the same inputs make the same bytes
     nproc: int = Field(ge=1)                 # processes per node; >1 launches the stage under torchrun (DDP)

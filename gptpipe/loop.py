@@ -2,8 +2,8 @@
 
 AdamW (fused on CUDA), or Muon for the blocks' matrices beside it, warmup + cosine or warmup-stable-decay
 schedule, gradient accumulation to a token batch size, grad clipping, bf16 autocast (CUDA, and CPUs with AMX
-or AVX-512 BF16), optional torch.compile, DDP under torchrun, periodic validation, resumable checkpoints and a guard that stops
-on a non-finite loss.
+or AVX-512 BF16), optional torch.compile, DDP under torchrun, periodic validation, resumable checkpoints and a
+guard that stops on a non-finite loss.
 
 Batches come from `batch_fn(step, micro)`, a pure function of its arguments, so a resumed run sees
 exactly the batches the crashed one would have seen.

@@ -5,7 +5,8 @@ work; relaunches under torchrun (our loop) or `accelerate launch` (the TRL stage
 asks for processes (or `nnodes` for machines: torchrun's c10d rendezvous, gptpipe/dist.py); hands each
 output path a temporary sibling that replaces it only if the work succeeds (rank 0, the first process of
 node 0, only: other ranks write to a throwaway folder); writes metrics/<stage>.json with `elapsed_s` and
-`device` (with a training stage's precision, e.g. "cpu:2threads, bf16"); then deletes checkpoints/<stage> (on every node), which only serve a rerun of a killed run.
+`device` (a training stage's with its precision: "cpu:2threads, bf16"); then deletes checkpoints/<stage> (on
+every node), which only serve a rerun of a killed run.
 
 Which paths are outputs is dvc.yaml's to say (gptpipe/artifacts.py): a path argument that is one of the
 stage's outs is written, any other is read. `${section.key}` in a path is filled from params, as in dvc.yaml.

@@ -152,8 +152,8 @@ def test_checkpoint_of_other_params_is_ignored(micro_data, tmp_path, monkeypatch
 
 
 def test_bf16_on_cpu_keeps_attention_in_fp32_and_gives_it_back(micro_data, tmp_path, monkeypatch):
-    """pretrain.dtype bfloat16 on CPU: the matmuls run in bf16 (AMX or AVX-512 BF16), attention in fp32 (its bf16 backward was
-    the slowest op); the model leaves the loop with the attention it came with, and its config never names ours."""
+    """pretrain.dtype bfloat16 on CPU: the matmuls run in bf16 (AMX or AVX-512 BF16), attention in fp32 (its bf16
+    backward was the slowest op); the model leaves the loop with the attention it came with, and its config never names ours."""
     from transformers.integrations import sdpa_attention
 
     from gptpipe.model import FP32_ATTENTION
@@ -176,9 +176,9 @@ def test_bf16_on_cpu_keeps_attention_in_fp32_and_gives_it_back(micro_data, tmp_p
     assert FP32_ATTENTION not in (tmp_path / "out/config.json").read_text()
 
 
-@pytest.mark.parametrize("amx,avx512_bf16", [(True, True), (False, True), (False, False)])
+@pytest.mark.parametrize("amx,avx512_bf16", [(True, True), (True, False), (False, True), (False, False)])
 def test_auto_dtype_is_bf16_on_cuda_and_on_cpus_with_bf16_matrix_instructions(monkeypatch, amx, avx512_bf16):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    assert dist.bf16("auto", "cpu") is avx512_bf16 and dist.bf16("auto", "cuda")
+    assert dist.bf16("auto", "cpu") is (amx or avx512_bf16) and dist.bf16("auto", "cuda")
     assert not dist.bf16("float32", "cuda") and dist.bf16("bfloat16", "cpu")
