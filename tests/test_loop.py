@@ -153,7 +153,8 @@ def test_checkpoint_of_other_params_is_ignored(micro_data, tmp_path, monkeypatch
 
 def test_bf16_on_cpu_keeps_attention_in_fp32_and_gives_it_back(micro_data, tmp_path, monkeypatch):
     """pretrain.dtype bfloat16 on CPU: the matmuls run in bf16 (AMX or AVX-512 BF16), attention in fp32 (its bf16
-    backward was the slowest op); the model leaves the loop with the attention it came with, and its config never names ours."""
+    backward was the slowest op); the model leaves the loop with the attention it came with, and its config never
+    names ours."""
     from transformers.integrations import sdpa_attention
 
     from gptpipe.model import FP32_ATTENTION
