@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_client, get_run_logger, task
@@ -151,15 +153,17 @@ def dispatch(name: str, deployment: str, pool: str, parameters: dict, env: dict,
         run = create_child(c, d.id, parent=me.id, key=f"{me.id}-{me.run_count}", parameters=parameters, name=name,
                            job_variables={"env": env})
         log.info(f"{name}: flow run {run.name} ({run.id}) on {deployment}, pool {pool}")
-        deadline, seen = time.monotonic() + timeout_s, None
+        deadline, seen, touched = time.monotonic() + timeout_s, None, None
         while not (state := (now := c.read_flow_run(run.id)).state).is_final():
-            # each step (scheduled, taken by a worker, running) gets timeout_s; running, as long as its worker is there
-            if state.type != seen or (state.is_running() and runner_online(c, pool, now.tags)):
+            # Each step (scheduled, taken by a worker, running) gets timeout_s; running, as long as its worker is
+            # there or the child itself touched its run since the last look (`beating`).
+            beat, touched = now.updated != touched, now.updated
+            if state.type != seen or (state.is_running() and (beat or runner_online(c, pool, now.tags))):
                 deadline, seen = time.monotonic() + timeout_s, state.type
             elif time.monotonic() > deadline:  # nobody took it or started it, or the worker running it died
                 running = state.is_running()
-                why = (f"stage {stage!r}: " + (f"the worker running it on pool {pool} has been offline for "
-                       f"{timeout_s:.0f} s (marked crashed)" if running
+                why = (f"stage {stage!r}: " + (f"the worker running it on pool {pool} has been offline, and the run "
+                       f"silent, for {timeout_s:.0f} s (marked crashed)" if running
                        else f"no worker of pool {pool} {'started' if state.is_pending() else 'took'} it within "
                             f"{timeout_s:.0f} s")
                        + f": start one (`gptpipe worker --pool {pool}` in a checkout on that machine) and run again, "
@@ -224,6 +228,32 @@ def run(ws: Path, settings: Flow, resources: Resources, graph: dict, chosen: lis
 
 
 # ---------------------------------------------------------------- the child: one stage in a worker's checkout
+@contextmanager
+def beating(run_id, tags: list[str], every_s: float):
+    """While the block runs, touch this flow run every `every_s` seconds (at most 30): its `updated` time moves,
+    which tells the parent the child lives even when its worker shows offline. A live worker can: under load its
+    heartbeats fail to land (the server's SQLite "database is locked": 31 of them in one suite run's distributed
+    tests; once its websocket died), and a run marked crashed then cost its stage. These beats are API calls from
+    the run's own process, so they stop with it; one that fails is sent again at the next."""
+    stop = threading.Event()
+
+    def beat():
+        with get_client(sync_client=True) as c:
+            while not stop.wait(min(every_s, 30)):
+                try:
+                    c.update_flow_run(run_id, tags=tags)
+                except Exception:  # a busy server: the parent waits for four beats
+                    pass
+
+    thread = threading.Thread(target=beat, name="gptpipe-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def child_name() -> str:
     from prefect.runtime import flow_run
 
@@ -242,10 +272,13 @@ def speedrun_stage(stage: str, remote_name: str, entries: dict, expected: dict, 
     log = get_run_logger()
     ws = CHECKOUT
     worker = os.environ.get("PREFECT__WORKER_NAME", "no worker")
+    tags = [*flow_run.tags, WORKER_TAG + worker]
     with get_client(sync_client=True) as c:  # who runs this: the parent watches that worker, not just the pool
-        c.update_flow_run(flow_run.id, tags=[*flow_run.tags, WORKER_TAG + worker])
+        c.update_flow_run(flow_run.id, tags=tags)
     try:
-        with workspace_lock(ws, holder_line(), flow_settings(ws).lock_timeout_s, on_wait=log.warning):
+        settings = flow_settings(ws)
+        with (beating(flow_run.id, tags, settings.worker_timeout_s / 4),
+              workspace_lock(ws, holder_line(), settings.lock_timeout_s, on_wait=log.warning)):
             if profile:
                 repro.use_profile(ws, profile, log=log.info)
             remote.check_same(ws, expected, origin)

@@ -155,6 +155,7 @@ def prefect_env(tmp_path_factory):
              PREFECT_SERVER_ANALYTICS_ENABLED="false",
              PREFECT_SERVER_UI_ENABLED="false",
              PREFECT_WORKER_QUERY_SECONDS="1",        # the worker polls every second, not every 10
+             PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS="2",  # the server looks for silent workers every 2 s, not 15
              PREFECT_LOGGING_TO_API_BATCH_INTERVAL="0.3")
     e.pop("GPTPIPE_HOME", None)
     return e
