@@ -260,6 +260,18 @@ def test_pretrain_on_two_machines_one_child_run_per_node(built, fleet, prefect_e
         assert record(children(since)["pretrain-node1"])["outcome"] == "skipped"
 
 
+def pretrain_on_a_gpu_worker(cpu: Path, gpus: dict, env: dict, log: Path) -> tuple[subprocess.Popen, Path]:
+    """`gptpipe flow run --force pretrain` in the background, returned once the stage trains on a gpu-pool worker:
+    (the flow run's process, the clone it trains in: the one holding the stage's temporary output)."""
+    parent = subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "flow", "run", "--workspace", str(cpu),
+                               "--stage", "pretrain", "--force", "pretrain"], cwd=cpu, env=env,
+                              stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    busy = wait_for("pretrain to start on a gpu worker", lambda: parent.poll() is not None or next(
+        (c for c in gpus if list((c / "models").glob(".base.tmp-*"))), None), timeout=180, every=0.2)
+    assert parent.poll() is None, log.read_text()[-3000:]
+    return parent, busy
+
+
 def test_a_worker_killed_mid_stage(built, fleet, prefect_env):
     origin, cpu, gpu, store, workers, root = fleet
     gpus = {gpu: "gptpipe-gpu", root / "gpu2": "gpu2"}  # two workers on the gpu pool now: it runs on one of them
@@ -271,15 +283,7 @@ def test_a_worker_killed_mid_stage(built, fleet, prefect_env):
     with ExitStack() as stack:
         for c in (cpu, *gpus):
             stack.enter_context(edited(c, "flow.worker_timeout_s=20"))
-        parent = subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "flow", "run", "--workspace", str(cpu),
-                                   "--stage", "pretrain", "--force", "pretrain"], cwd=cpu, env=prefect_env,
-                                  stdout=open(log, "w"), stderr=subprocess.STDOUT)
-
-        def training():  # the clone whose stage's temporary output exists: it is training there
-            return parent.poll() is not None or next((c for c in gpus if list((c / "models").glob(".base.tmp-*"))), None)
-
-        busy = wait_for("pretrain to start on a gpu worker", training, timeout=180, every=0.2)
-        assert parent.poll() is None, log.read_text()[-3000:]
+        parent, busy = pretrain_on_a_gpu_worker(cpu, gpus, prefect_env, log)
         stop(workers.pop(gpus[busy]))  # Ctrl-C to the worker and its flow runs, then SIGKILL: a box going down
         # Nobody reports the child's end, and the pool still has a worker online: the parent notices that the one
         # running the child is offline and marks it crashed.
@@ -298,24 +302,19 @@ def test_a_worker_killed_mid_stage(built, fleet, prefect_env):
 
 def test_a_worker_gone_silent_while_its_stage_runs_on(built, fleet, prefect_env):
     """Run again after the kill, and this time stop the worker (SIGSTOP) once it is training: it misses its
-    heartbeats and shows offline, as one whose heartbeat channel died under load did in the suite, but the flow
-    run it started goes on and touches its run (dispatch.beating). The parent waits past its timeout for it, and
-    the stage ends as if nothing had happened."""
+    heartbeats and shows offline, as live workers did under the suite's load (their heartbeats refused by the
+    server's SQLite), but the flow run it started goes on and touches its run (dispatch.beating). The parent waits
+    past its timeout for it, and the stage ends as if nothing had happened."""
     from flows.dispatch import runner_online
 
     origin, cpu, gpu, store, workers, root = fleet
     gpus = {gpu: "gptpipe-gpu", root / "gpu2": "gpu2"}
     since = datetime.now(timezone.utc)
-    log, timeout = root / "silent-run.log", 5
+    log, timeout = root / "silent-run.log", 12
     with ExitStack() as stack:
-        for c in (cpu, *gpus):  # a pretrain that outlasts the worker going offline and the parent's timeout after it
-            stack.enter_context(edited(c, f"flow.worker_timeout_s={timeout}", "pretrain.tokens=307200"))
-        parent = subprocess.Popen([sys.executable, "-m", "gptpipe.cli", "flow", "run", "--workspace", str(cpu),
-                                   "--stage", "pretrain", "--force", "pretrain"], cwd=cpu, env=prefect_env,
-                                  stdout=open(log, "w"), stderr=subprocess.STDOUT)
-        busy = wait_for("pretrain to start on a gpu worker", lambda: parent.poll() is not None or next(
-            (c for c in gpus if list((c / "models").glob(".base.tmp-*"))), None), timeout=180, every=0.2)
-        assert parent.poll() is None, log.read_text()[-3000:]
+        for c in (cpu, *gpus):  # a pretrain (~40 s) that outlasts the worker going offline (~8 s) and the timeout
+            stack.enter_context(edited(c, f"flow.worker_timeout_s={timeout}", "pretrain.tokens=819200"))
+        parent, busy = pretrain_on_a_gpu_worker(cpu, gpus, prefect_env, log)
         worker = workers[gpus[busy]]
         os.kill(worker.pid, signal.SIGSTOP)  # the worker alone, not its flow run
         try:
