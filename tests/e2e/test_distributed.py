@@ -324,7 +324,8 @@ def test_a_worker_gone_silent_while_its_stage_runs_on(built, fleet, prefect_env)
 
             wait_for("the stopped worker to show offline", offline, timeout=60, every=0.5)
             time.sleep(timeout + 3)
-            assert children(since)["pretrain"].state.is_running(), "the stage ended before the parent's timeout"
+            state = children(since)["pretrain"].state  # Crashed without the beats; Completed: a test too short to tell
+            assert state.is_running(), f"pretrain is not running after the parent's timeout: {state}"
         finally:
             os.kill(worker.pid, signal.SIGCONT)
         assert parent.wait(300) == 0, log.read_text()[-3000:]
