@@ -41,9 +41,8 @@ def label(rows: list[dict], sampled: list[list[str]]) -> tuple[list[dict], dict]
 def make(s: Pairs, model, tok, rows: list[dict], device) -> tuple[list[dict], dict]:
     """Answer greedily, sample (seeded) and label: the same model, rows and params give the same pairs."""
     prompts = [r["prompt"] for r in rows]
-    torch.manual_seed(s.seed)
     texts = replies(model, tok, prompts, device, s.batch_size, s.max_new_tokens, k=s.samples,
-                    temperature=s.temperature, greedy=True)
+                    temperature=s.temperature, greedy=True, seed=s.seed)
     pairs, seen = label(rows, texts)
     greedy_right = sum(check(t[0], r["answer"]) for t, r in zip(texts, rows))
     seen["greedy_accuracy"] = round(greedy_right / max(1, len(rows)), 4)

@@ -41,3 +41,23 @@ def test_decode_matches_generate_and_shares_each_prompts_cache(tiny_model):
     assert torch.equal(mixed, sample.decode(model, *args, [0.0, 1.0, 1e-4]))
     assert torch.equal(mixed[0::3], greedy) and torch.equal(mixed[2::3], greedy)  # each row reads its own prompt
     assert not torch.equal(mixed[1::3], greedy)
+
+
+def test_replies_are_the_same_from_one_process_or_several(tiny_model):
+    """Each batch samples from its own seeded generator, so forked workers give the replies one process gives."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gptpipe import tasks
+
+    tok, model = AutoTokenizer.from_pretrained(tiny_model), AutoModelForCausalLM.from_pretrained(tiny_model)
+    prompts = [[tasks.user(f"Repeat after me: {w} {i}")] for i, w in enumerate(["oak", "elm", "yew", "ash"] * 3)]
+    ask = dict(batch=5, max_new_tokens=6, k=3, temperature=1.0, greedy=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' numerics
+    try:
+        one = sample.replies(model, tok, prompts, "cpu", **ask, seed=7, procs=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(one) == len(prompts) and all(len(r) == 4 for r in one)
+    assert sample.replies(model, tok, prompts, "cpu", **ask, seed=7, procs=3) == one
+    assert sample.replies(model, tok, prompts, "cpu", **ask, seed=8, procs=2) != one

@@ -16,8 +16,6 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-import torch
-
 from gptpipe import sample, tasks
 from gptpipe.config import RL, Params
 from gptpipe.io import read_jsonl
@@ -45,9 +43,8 @@ def informative(s: RL, model, tok, rows: list[dict], device) -> tuple[list[dict]
     if not s.filter_prompts:
         return rows, {}
     head = rows[:s.filter_prompts]
-    torch.manual_seed(s.seed)
     texts = sample.replies(model, tok, [r["prompt"] for r in head], device, FILTER_BATCH, s.max_completion_length,
-                           k=s.num_generations, temperature=s.temperature)
+                           k=s.num_generations, temperature=s.temperature, seed=s.seed)
     kept = mixed(head, texts)
     print(f"rl: {len(kept)} of {len(head)} prompts give a mixed group ({s.num_generations} samples at temperature "
           f"{s.temperature}); per task {dict(collections.Counter(r.get('task') for r in kept))}"
