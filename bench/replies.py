@@ -1,9 +1,10 @@
 """Replies from `sample.replies` (each prompt run once, its KV cache copied to every reply) against transformers'
-`generate` (a greedy call, then a sampled one with num_return_sequences, as the pairs stage ran before).
+`generate` (a greedy call, then a sampled one with num_return_sequences, as the pairs stage ran before), and
+`sample.replies` in one process of all threads against one forked process per thread (its default on a CPU).
 
     python bench/replies.py [--model models/sft --prompts 2048 --samples 4 --batch 64]
 
-Prints seconds for each, their ratio, and whether the greedy replies are the same. Needs a `dvc repro` (the
+Prints seconds for each, their ratios, and whether the replies are the same. Needs a `dvc repro` (the
 model and data/raw/tasks/rl.jsonl).
 """
 
@@ -54,15 +55,20 @@ def main() -> None:
     torch.manual_seed(0)
     generate(model, tok, prompts, a.batch, a.samples, 1.0)
     old = time.perf_counter() - t
+    ask = dict(k=a.samples, temperature=1.0, greedy=True)
     t = time.perf_counter()
-    torch.manual_seed(0)
-    new = sample.replies(model, tok, prompts, "cpu", a.batch, NEW_TOKENS, k=a.samples, temperature=1.0, greedy=True)
+    one = sample.replies(model, tok, prompts, "cpu", a.batch, NEW_TOKENS, **ask, procs=1)
     now = time.perf_counter() - t
-    same = sum(g == n[:1] for g, n in zip(greedy, new))
-    print(f"{len(prompts)} prompts x (greedy + {a.samples} samples), {a.batch} prompts a batch, "
-          f"{torch.get_num_threads()} threads")
+    t = time.perf_counter()
+    forked = sample.replies(model, tok, prompts, "cpu", a.batch, NEW_TOKENS, **ask)
+    par = time.perf_counter() - t
+    same = sum(g == n[:1] for g, n in zip(greedy, one))
+    threads = torch.get_num_threads()
+    print(f"{len(prompts)} prompts x (greedy + {a.samples} samples), {a.batch} prompts a batch, {threads} threads")
     print(f"generate: {old:.2f} s   sample.replies: {now:.2f} s   ratio {old / now:.2f}x   "
           f"greedy replies alike: {same}/{len(prompts)}")
+    print(f"sample.replies in {threads} forked processes of 1 thread: {par:.2f} s   ratio {now / par:.2f}x   "
+          f"replies alike: {sum(x == y for x, y in zip(one, forked))}/{len(prompts)}")
 
 
 if __name__ == "__main__":
