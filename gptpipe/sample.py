@@ -10,6 +10,7 @@ the same distribution. transformers' generate (GRPO's inside TRL) calls torch.mu
 from __future__ import annotations
 
 import multiprocessing
+import signal
 
 import torch
 
@@ -76,8 +77,8 @@ def replies(model, tok, prompts: list[list[dict]], device, batch: int = 32, max_
 
     Batch i samples from its own generator, seeded by (seed, i), so the replies do not depend on which process
     decodes it. On a CPU the batches go to `procs` forked processes of one thread each (default: one per thread
-    torch has): decoding is small matrices and bookkeeping, which threads share badly; 2,048 prompts x 5 replies
-    took 5.1-6.1 s in two processes against 7.7-9.6 s in one of two threads (2-core Zen 4).
+    torch has): decoding is small matrices and bookkeeping, which threads share badly; 4,096 prompts x 5 replies
+    took 9.9-12.7 s in two processes against 13.5-14.8 s in one of two threads (2-core Zen 4, bench/replies.py).
     """
     global _job
     tok.padding_side = "left"
@@ -88,13 +89,27 @@ def replies(model, tok, prompts: list[list[dict]], device, batch: int = 32, max_
     try:
         if procs < 2:
             return [r for b in batches for r in _replies(b)]
-        with multiprocessing.get_context("fork").Pool(procs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            return [r for done in pool.imap(_replies, batches) for r in done]
+        pool = multiprocessing.get_context("fork").Pool(procs, initializer=_worker)
+        try:
+            out = [r for done in pool.imap(_replies, batches) for r in done]
+            pool.close()  # each worker exits at its end-of-work sentinel
+            pool.join()
+            return out
+        finally:
+            pool.terminate()  # on an error or an interrupt: SIGTERM to the workers
     finally:
         _job = ()
 
 
 _job: tuple = ()  # (model, tok, device, max_new_tokens, temperatures, seed): what `replies` decodes, forked workers too
+
+
+def _worker() -> None:
+    """A forked worker: one thread; SIGTERM ends it, whatever handler the stage set (errors.user_errors turns it
+    into an exception, which a worker waiting on the pool's queue lock did not die of), and Ctrl-C is the parent's."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
 
 
 def _replies(batch: tuple[int, list]) -> list[list[str]]:

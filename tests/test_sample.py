@@ -61,3 +61,22 @@ def test_replies_are_the_same_from_one_process_or_several(tiny_model):
     assert len(one) == len(prompts) and all(len(r) == 4 for r in one)
     assert sample.replies(model, tok, prompts, "cpu", **ask, seed=7, procs=3) == one
     assert sample.replies(model, tok, prompts, "cpu", **ask, seed=8, procs=2) != one
+
+
+def test_replies_end_their_workers_whatever_sigterm_handler_the_process_has(tiny_model):
+    """A server in the process (uvicorn, Prefect) may catch SIGTERM and carry on: the pool must not need SIGTERM to
+    end its workers once the work is done (it hung on join that way), and an interrupt still ends them."""
+    import subprocess
+    import sys
+
+    code = (f"import signal, torch; from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"from gptpipe import sample, tasks\n"
+            f"signal.signal(signal.SIGTERM, lambda *a: None)\n"
+            f"tok = AutoTokenizer.from_pretrained({str(tiny_model)!r})\n"
+            f"model = AutoModelForCausalLM.from_pretrained({str(tiny_model)!r})\n"
+            f"for _ in range(30):\n"
+            f"    out = sample.replies(model, tok, [[tasks.user(str(i))] for i in range(8)], 'cpu', 2, 4, procs=2)\n"
+            f"import multiprocessing; print(len(out), len(multiprocessing.active_children()))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["8", "0"], "every reply, and no worker left"
