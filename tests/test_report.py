@@ -182,6 +182,16 @@ def test_what_each_stage_did(tmp_path):
     assert "| val | bpb | 3 | 1.5 | **3.548** | 1.5 | 1.52 |" in md
 
 
+def test_an_interval_shows_the_decimals_it_needs():
+    from gptpipe.report.card import interval
+
+    assert interval(0.372, 0.330, 0.414) == "+0.372 [+0.330, +0.414]"
+    assert interval(-3e-5, -4e-5, -2e-5) == "-0.00003 [-0.00004, -0.00002]"  # significant, though tiny
+    assert interval(0.002, 0.0016, 0.0024) == "+0.0020 [+0.0016, +0.0024]"
+    assert interval(0.0, 0.0, 0.0) == "+0.000 [+0.000, +0.000]"  # every question scored the same
+    assert interval(0.01, None, None) == "+0.010" and interval(None, None, None) == "–"
+
+
 @pytest.mark.parametrize("name, content", [
     ("metrics/quantize.json", "{not json"),
     ("metrics/quantize.json", json.dumps({**QUANTIZE, "model": None})),

@@ -5,6 +5,7 @@ any two of). A cell that shows a regression is a `Bad` string, so each page can 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from gptpipe import artifacts
@@ -77,10 +78,15 @@ def report_card(evals: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def interval(diff, low, high) -> str:
-    """A change with its 95% interval when there is one: "+0.372 [+0.330, +0.414]"."""
+    """A change with its 95% interval when there is one: "+0.372 [+0.330, +0.414]", with more decimals where three
+    would round a significant interval to a point: "-0.00003 [-0.00004, -0.00002]", not "-0.000 [-0.000, -0.000]"."""
     if diff is None:
         return "–"
-    return f"{diff:+.3f}" + (f" [{low:+.3f}, {high:+.3f}]" if low is not None and high is not None else "")
+    if low is None or high is None:
+        return f"{diff:+.3f}"
+    half = (high - low) / 2
+    d = 3 if half >= 5e-4 or half <= 0 else min(6, -math.floor(math.log10(half)))
+    return f"{diff:+.{d}f} [{low:+.{d}f}, {high:+.{d}f}]"
 
 
 def effect_table(effects: list[dict]) -> tuple[list[str], list[list[str]]]:
