@@ -78,14 +78,15 @@ def replies(model, tok, prompts: list[list[dict]], device, batch: int = 32, max_
     Batch i samples from its own generator, seeded by (seed, i), so the replies do not depend on which process
     decodes it. On a CPU the batches go to `procs` forked processes of one thread each (default: one per thread
     torch has): decoding is small matrices and bookkeeping, which threads share badly; 4,096 prompts x 5 replies
-    took 9.9-12.7 s in two processes against 13.5-14.8 s in one of two threads (2-core Zen 4, bench/replies.py).
+    took 9.9-12.7 s in two processes against 12.4-15.1 s in one of two threads (2-core Zen 4, bench/replies.py).
     """
     global _job
     tok.padding_side = "left"
     model.eval().to(device)
-    _job = (model, tok, torch.device(device), max_new_tokens, [0.0] * greedy + [float(temperature)] * k, seed)
+    device = torch.device(device)
+    _job = (model, tok, device, max_new_tokens, [0.0] * greedy + [float(temperature)] * k, seed)
     batches = list(enumerate(prompts[i:i + batch] for i in range(0, len(prompts), batch)))
-    procs = min(len(batches), procs or (torch.get_num_threads() if _job[2].type == "cpu" else 1))
+    procs = min(len(batches), procs or (torch.get_num_threads() if device.type == "cpu" else 1))
     try:
         if procs < 2:
             return [r for b in batches for r in _replies(b)]
@@ -105,8 +106,8 @@ _job: tuple = ()  # (model, tok, device, max_new_tokens, temperatures, seed): wh
 
 
 def _worker() -> None:
-    """A forked worker: one thread; SIGTERM ends it, whatever handler the stage set (errors.user_errors turns it
-    into an exception, which a worker waiting on the pool's queue lock did not die of), and Ctrl-C is the parent's."""
+    """A forked worker: one thread; SIGTERM ends it, whatever handler it inherited (a server in the process, uvicorn
+    or Prefect, may catch SIGTERM and carry on), and Ctrl-C is the parent's to handle."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
