@@ -65,7 +65,7 @@ def test_replies_are_the_same_from_one_process_or_several(tiny_model):
 
 def test_replies_end_their_workers_whatever_sigterm_handler_the_process_has(tiny_model):
     """A server in the process (uvicorn, Prefect) may catch SIGTERM and carry on: the pool must not need SIGTERM to
-    end its workers once the work is done (it hung on join that way), and an interrupt still ends them."""
+    end its workers once the work is done (it hung on join that way)."""
     import subprocess
     import sys
 
